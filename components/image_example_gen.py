@@ -1,0 +1,430 @@
+"""ImageExampleGen: a class-per-folder image tree -> tf.Examples, with a quarantine for bad files.
+
+Input layouts (relative to `input_base`):
+  * hash split:  `<class>/**/<image>`; each file's split is decided by a hash of its relative path (stable across
+    runs and machines: TFX's own `partition_feature_name` mechanism hashing the `file_name` feature).
+  * pre-split:   `train/<class>/**/<image>` and `validation/<class>/**/<image>` (folder names configurable).
+
+Each accepted image becomes one tf.Example:
+  image      bytes  the encoded file as it is on disk (JPEG/PNG/GIF), so that Transform decodes exactly what TF
+                    Serving will receive from clients. BMP is the exception: TensorFlow's BMP decoder mis-reads
+                    palette BMPs (measured: pixel errors up to 240/255), so BMPs are re-encoded losslessly as PNG.
+  label      int64  index of the class folder name in the sorted list of class names
+  class_name bytes  the class folder name
+  file_name  bytes  path relative to the split root, e.g. `cats/cat.1.jpg` (also the hash-split key)
+  height, width int64  pixel size, for statistics
+
+A file is accepted only if Pillow identifies it by *content* (not extension) as a supported format, its header
+dimensions are sane, Pillow decodes it fully (catches truncation), and TensorFlow's own decoder decodes it (what
+Transform will use). Everything else goes to the quarantine report (`ingest_report.json` in the Examples artifact)
+with its path and reason, is counted in the logs, and never reaches training. The run fails, after writing the
+report, only when the data is unusable: fewer than two classes, an empty class, or more than
+`max_quarantine_fraction` of the files quarantined.
+
+The component reuses TFX's FileBasedExampleGen machinery (driver, split partitioning, TFRecord writing); only the
+source PTransform and a report step around the stock `Do` are ours.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+import tensorflow as tf
+from PIL import Image
+from tfx import types
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import proto_utils
+
+REPORT_FILE = "ingest_report.json"
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+PROGRESS_EVERY = 500
+
+MAX_QUARANTINE_FRACTION_KEY = "max_quarantine_fraction"
+MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
+# Private exec property: where the Beam job writes quarantine records before the report is assembled.
+_QUARANTINE_DIR_KEY = "_quarantine_dir"
+
+
+class DataUnusableError(ValueError):
+    """The image folder cannot produce a usable dataset (the message says why and where)."""
+
+
+# --- split layout ----------------------------------------------------------------------------------------------
+
+
+def make_input_config(split_mode: str, train_dir: str, eval_dir: str) -> example_gen_pb2.Input:
+    """Input splits for a layout. A pattern names `<split root>/*/*`: the split root's class folders' entries."""
+    if split_mode == "presplit":
+        return example_gen_pb2.Input(
+            splits=[
+                example_gen_pb2.Input.Split(name="train", pattern=f"{train_dir}/*/*"),
+                example_gen_pb2.Input.Split(name="eval", pattern=f"{eval_dir}/*/*"),
+            ]
+        )
+    return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="single_split", pattern="*/*")])
+
+
+def make_output_config(split_mode: str, eval_fraction: float) -> example_gen_pb2.Output:
+    """Pre-split folders keep their splits; otherwise hash `file_name` into train/eval buckets (out of 100)."""
+    if split_mode == "presplit":
+        return example_gen_pb2.Output()
+    eval_buckets = max(1, min(99, round(eval_fraction * 100)))
+    return example_gen_pb2.Output(
+        split_config=example_gen_pb2.SplitConfig(
+            splits=[
+                example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - eval_buckets),
+                example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=eval_buckets),
+            ],
+            partition_feature_name="file_name",
+        )
+    )
+
+
+def resolve_split_mode(data_root: str, split_mode: str, train_dir: str, eval_dir: str) -> str:
+    """`auto` means pre-split when both split folders exist under data_root, else hash."""
+    if split_mode != "auto":
+        return split_mode
+    both = all(os.path.isdir(os.path.join(data_root, d)) for d in (train_dir, eval_dir))
+    return "presplit" if both else "hash"
+
+
+def split_root_of(pattern: str) -> str:
+    """`train/*/*` -> `train`; `*/*` -> ``."""
+    parts = pattern.split("/")
+    if len(parts) < 2 or parts[-2:] != ["*", "*"]:
+        raise ValueError(f"split pattern {pattern!r} must end with '<class>/<file>' wildcards '*/*'")
+    return "/".join(parts[:-2])
+
+
+# --- listing ---------------------------------------------------------------------------------------------------
+
+
+def list_classes(split_root: str) -> List[str]:
+    """Sorted class folder names directly under split_root (hidden folders ignored)."""
+    if not os.path.isdir(split_root):
+        raise DataUnusableError(f"image folder {split_root} does not exist or is not a directory")
+    return sorted(
+        name for name in os.listdir(split_root)
+        if not name.startswith(".") and os.path.isdir(os.path.join(split_root, name))
+    )
+
+
+def list_files(split_root: str, classes: Iterable[str]) -> List[Tuple[str, str]]:
+    """(class_name, relative path from split_root) for every file below each class folder, in sorted order."""
+    files = []
+    for class_name in classes:
+        class_dir = os.path.join(split_root, class_name)
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                full = os.path.join(dirpath, filename)
+                files.append((class_name, os.path.relpath(full, split_root)))
+    return files
+
+
+def check_layout(input_base: str, input_config: example_gen_pb2.Input) -> List[str]:
+    """Returns the label vocabulary (sorted class names), or raises DataUnusableError naming the problem."""
+    class_names: Optional[List[str]] = None
+    for split in input_config.splits:
+        root = os.path.join(input_base, split_root_of(split.pattern))
+        classes = list_classes(root)
+        if len(classes) < 2:
+            raise DataUnusableError(
+                f"{root} has {len(classes)} class folder(s) {classes}; image classification needs at least 2 "
+                f"(expected layout: {root}/<class_name>/<image files>)"
+            )
+        counts = {c: len(list_files(root, [c])) for c in classes}
+        empty = sorted(c for c, n in counts.items() if n == 0)
+        if empty:
+            raise DataUnusableError(f"class folder(s) with no files under {root}: {', '.join(empty)}")
+        if class_names is None:
+            class_names = classes
+        elif classes != class_names:
+            raise DataUnusableError(
+                f"split '{split.name}' ({root}) has classes {classes}, but the first split has {class_names}; "
+                "every split needs the same class folders"
+            )
+    assert class_names is not None
+    return class_names
+
+
+# --- validating one file ---------------------------------------------------------------------------------------
+
+
+def inspect_image(data: bytes, max_image_pixels: int) -> Tuple[Optional[bytes], Dict[str, Any], Optional[str]]:
+    """Checks one file's bytes. Returns (bytes to store, {height, width, format}, None) or (None, {}, reason)."""
+    if not data:
+        return None, {}, "empty file (0 bytes)"
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        return None, {}, f"absurd dimensions (decompression bomb): {exc}"
+    except Exception:  # Pillow raises several types for unidentifiable content
+        return None, {}, "not an image: content not recognised as any image format"
+    fmt = image.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        return None, {}, f"unsupported image format {fmt} (supported: {', '.join(SUPPORTED_FORMATS)})"
+    width, height = image.size
+    if width < 1 or height < 1:
+        return None, {}, f"invalid dimensions {width}x{height}"
+    # Checked from the header, before decoding: a tiny file can claim billions of pixels.
+    if width * height > max_image_pixels:
+        return None, {}, (
+            f"absurd dimensions {width}x{height} ({width * height} pixels > data.max_image_pixels="
+            f"{max_image_pixels})"
+        )
+    try:
+        image.load()  # full decode: raises on truncated or corrupt data
+    except Exception as exc:
+        return None, {}, f"corrupt or truncated {fmt} data: {exc}"
+    if fmt == "BMP":
+        data = _to_png(image)
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except Exception as exc:
+        return None, {}, f"{fmt} decodes with Pillow but not with TensorFlow's decoder: {_first_line(exc)}"
+    return data, {"height": height, "width": width, "format": fmt}, None
+
+
+def _to_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:200] if text else type(exc).__name__
+
+
+def make_example(data: bytes, label: int, class_name: str, file_name: str, info: Dict[str, Any]) -> tf.train.Example:
+    def _bytes(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": _bytes(data),
+                "label": _int(label),
+                "class_name": _bytes(class_name.encode()),
+                "file_name": _bytes(file_name.encode()),
+                "height": _int(info["height"]),
+                "width": _int(info["width"]),
+            }
+        )
+    )
+
+
+# --- the Beam source -------------------------------------------------------------------------------------------
+
+
+class _ReadAndInspect(beam.DoFn):
+    """(class_name, relative path) -> tf.Example, or a quarantine record on the 'quarantine' output."""
+
+    QUARANTINE = "quarantine"
+
+    def __init__(self, split_root: str, split_name: str, class_names: List[str], max_image_pixels: int):
+        self._split_root = split_root
+        self._split_name = split_name
+        self._labels = {name: i for i, name in enumerate(class_names)}
+        self._max_image_pixels = max_image_pixels
+        self._seen = 0
+        self._accepted = beam.metrics.Metrics.counter("ImageExampleGen", "accepted")
+        self._quarantined = beam.metrics.Metrics.counter("ImageExampleGen", "quarantined")
+
+    def process(self, item: Tuple[str, str]):
+        class_name, rel_path = item
+        full = os.path.join(self._split_root, rel_path)
+        try:
+            with open(full, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            data, info, reason = None, {}, f"unreadable: {exc.strerror or exc}"
+        else:
+            data, info, reason = inspect_image(data, self._max_image_pixels)
+        self._seen += 1
+        if self._seen % PROGRESS_EVERY == 0:
+            logging.info("ImageExampleGen: this worker has scanned %d files of split %s", self._seen, self._split_name)
+        if reason is not None:
+            self._quarantined.inc()
+            logging.warning("ImageExampleGen: quarantined %s: %s", full, reason)
+            record = {"path": full, "file_name": rel_path, "class_name": class_name, "reason": reason}
+            yield beam.pvalue.TaggedOutput(self.QUARANTINE, json.dumps(record, sort_keys=True))
+            return
+        self._accepted.inc()
+        yield make_example(data, self._labels[class_name], class_name, rel_path, info)
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str):
+    """Reads the images of one input split. Quarantine records are written beside, to the private quarantine dir."""
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    split_root = os.path.join(input_base, split_root_of(split_pattern))
+    class_names = json.loads(exec_properties["_class_names"])
+    split_name = split_root_of(split_pattern) or "all"
+    files = list_files(split_root, class_names)
+    logging.info("ImageExampleGen: %d files in %d classes under %s", len(files), len(class_names), split_root)
+    results = (
+        pipeline
+        | "ListFiles" >> beam.Create(files, reshuffle=True)
+        | "ReadAndInspect" >> beam.ParDo(
+            _ReadAndInspect(split_root, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY]))
+        ).with_outputs(_ReadAndInspect.QUARANTINE, main="examples")
+    )
+    _ = results[_ReadAndInspect.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
+        os.path.join(exec_properties[_QUARANTINE_DIR_KEY], split_name.replace("/", "_")),
+        file_name_suffix=".jsonl",
+    )
+    return results["examples"]
+
+
+class Executor(BaseExampleGenExecutor):
+    """The stock ExampleGen `Do`, wrapped: layout checks before, ingest report and usability checks after."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _ImagesToExample
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        class_names = check_layout(input_base, input_config)
+        logging.info("ImageExampleGen: classes (label ids in this order): %s", class_names)
+
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        quarantine_dir = os.path.join(examples.uri, "_quarantine")
+        exec_properties = dict(exec_properties)
+        exec_properties["_class_names"] = json.dumps(class_names)
+        exec_properties[_QUARANTINE_DIR_KEY] = quarantine_dir
+
+        super().Do(input_dict, output_dict, exec_properties)
+
+        report = build_report(examples.uri, input_base, input_config, class_names, quarantine_dir)
+        report_path = write_report(examples, report)
+        check_usable(report, float(exec_properties[MAX_QUARANTINE_FRACTION_KEY]), report_path)
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+def count_examples(split_uri: str) -> Dict[str, int]:
+    """Accepted examples per class in one written split."""
+    counts: Dict[str, int] = {}
+    files = tf.io.gfile.glob(os.path.join(split_uri, "*"))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        example = tf.train.Example.FromString(record)
+        name = example.features.feature["class_name"].bytes_list.value[0].decode()
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def build_report(examples_uri: str, input_base: str, input_config: example_gen_pb2.Input,
+                 class_names: List[str], quarantine_dir: str) -> Dict[str, Any]:
+    quarantined = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(quarantine_dir, "*.jsonl"))):
+        with open(path) as f:
+            quarantined.extend(json.loads(line) for line in f if line.strip())
+    quarantined.sort(key=lambda r: r["path"])
+    accepted = {}
+    for split_dir in sorted(tf.io.gfile.listdir(examples_uri)):
+        split_dir = split_dir.rstrip("/")
+        if split_dir.startswith("Split-"):
+            accepted[split_dir[len("Split-"):]] = count_examples(os.path.join(examples_uri, split_dir))
+    n_accepted = sum(sum(c.values()) for c in accepted.values())
+    scanned = n_accepted + len(quarantined)
+    return {
+        "input_base": input_base,
+        "splits": [{"name": s.name, "pattern": s.pattern} for s in input_config.splits],
+        "class_names": class_names,
+        "scanned": scanned,
+        "accepted": n_accepted,
+        "accepted_per_split": accepted,
+        "quarantined_count": len(quarantined),
+        "quarantined_fraction": (len(quarantined) / scanned) if scanned else 0.0,
+        "quarantined": quarantined,
+    }
+
+
+def write_report(examples: types.Artifact, report: Dict[str, Any]) -> str:
+    path = os.path.join(examples.uri, REPORT_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    examples.set_string_custom_property("class_names", json.dumps(report["class_names"]))
+    examples.set_int_custom_property("accepted_count", report["accepted"])
+    examples.set_int_custom_property("quarantined_count", report["quarantined_count"])
+    logging.info(
+        "ImageExampleGen: scanned %d files: %d accepted %s, %d quarantined (report: %s)",
+        report["scanned"], report["accepted"],
+        {split: sum(c.values()) for split, c in report["accepted_per_split"].items()},
+        report["quarantined_count"], path,
+    )
+    return path
+
+
+def check_usable(report: Dict[str, Any], max_quarantine_fraction: float, report_path: str) -> None:
+    if report["quarantined_fraction"] > max_quarantine_fraction:
+        raise DataUnusableError(
+            f"{report['quarantined_count']} of {report['scanned']} files "
+            f"({report['quarantined_fraction']:.1%}) were quarantined, above data.max_quarantine_fraction="
+            f"{max_quarantine_fraction}; see the quarantine list in {report_path}"
+        )
+    train = report["accepted_per_split"].get("train", {})
+    empty = [c for c in report["class_names"] if train.get(c, 0) == 0]
+    if empty:
+        raise DataUnusableError(
+            f"no usable training image left for class(es) {', '.join(empty)} after quarantine; see {report_path}"
+        )
+
+
+# --- the component ---------------------------------------------------------------------------------------------
+
+
+class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        MAX_QUARANTINE_FRACTION_KEY: ExecutionParameter(type=float),
+        MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
+    }
+
+
+class ImageExampleGen(FileBasedExampleGen):
+    """FileBasedExampleGen over class-per-folder images (subclassed so TFX's driver and KFP compiler treat it as
+    one: the KFP v2 compiler adds the file-fingerprinting driver to FileBasedExampleGen instances only)."""
+
+    SPEC_CLASS = ImageExampleGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: str, split_mode: str = "hash", train_dir: str = "train",
+                 eval_dir: str = "validation", eval_fraction: float = 0.2, max_quarantine_fraction: float = 0.1,
+                 max_image_pixels: int = 50_000_000):
+        input_config = make_input_config(split_mode, train_dir, eval_dir)
+        output_config = make_output_config(split_mode, eval_fraction)
+        spec = ImageExampleGenSpec(
+            input_base=input_base,
+            input_config=input_config,
+            output_config=output_config,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            max_quarantine_fraction=max_quarantine_fraction,
+            max_image_pixels=max_image_pixels,
+            examples=types.Channel(type=types.standard_artifacts.Examples),
+        )
+        # Skip FileBasedExampleGen.__init__ (it builds the stock spec); the base class does the rest.
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
+

@@ -1,0 +1,266 @@
+"""The one typed configuration of the product.
+
+Every knob a user can turn lives here, with its default. The CLI (`ftune ... --config FILE --set key=value`),
+the local runner and the Kubeflow compiler all start from `PipelineConfig`; no other module carries its own
+magic constants.
+
+Overrides use dotted keys, e.g. `--set trainer.phase1_epochs=3 --set data.eval_fraction=0.25`. Values are
+parsed according to the field's declared type, and an unknown key or a badly typed value is an error that names
+the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional
+
+import yaml
+
+PIPELINE_NAME = "ftune"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Image-folder ingestion (ExampleGen)."""
+
+    # Root folder: either `<root>/<class>/**/<image>` (split by hash) or `<root>/<train_dir>/<class>/...`
+    # plus `<root>/<eval_dir>/<class>/...` (pre-split). Empty: generate sample data under the pipeline root.
+    data_root: str = ""
+    # "auto" picks "presplit" when both split folders exist under data_root, else "hash".
+    split_mode: str = "auto"
+    train_dir: str = "train"
+    eval_dir: str = "validation"
+    # Hash mode: share of images assigned to the eval split, decided by a hash of the relative path.
+    eval_fraction: float = 0.2
+    # The run fails (after writing the quarantine report) when more than this share of files is quarantined.
+    max_quarantine_fraction: float = 0.1
+    # Files whose header claims more pixels than this are quarantined before decoding (decompression bombs).
+    max_image_pixels: int = 50_000_000
+    # Sample data generated when data_root is empty.
+    sample_classes: int = 3
+    sample_per_class: int = 60
+    sample_seed: int = 0
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Freeze-then-fine-tune transfer learning (Transform + Trainer)."""
+
+    # keras.applications base: mobilenet_v2 | efficientnet_b0 | xception | resnet50
+    base_model: str = "mobilenet_v2"
+    # "imagenet", a local weights file path, "none", or "" to resolve: FTUNE_WEIGHTS env var, then "imagenet".
+    weights: str = ""
+    image_size: int = 160
+    batch_size: int = 32
+    # Phase 1: base frozen, new head trained (early stopping on the eval split).
+    phase1_epochs: int = 10
+    learning_rate: float = 1e-3
+    # Phase 2: top of the base unfrozen, model recompiled with learning_rate * fine_tune_lr_factor.
+    phase2_epochs: int = 10
+    fine_tune_lr_factor: float = 0.1
+    # Layer index (>= 1) from which the base is unfrozen, or a fraction of its depth (< 1). 100 of MobileNetV2's
+    # 154 layers is the TF tutorial's choice.
+    fine_tune_at: float = 100
+    early_stopping_patience: int = 3
+    dropout: float = 0.2
+    augment: bool = True
+    rotation_factor: float = 0.2
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The Evaluator's blessing gate."""
+
+    # Absolute floor on eval accuracy.
+    accuracy_floor: float = 0.6
+    # A candidate may be at most this much less accurate than the served model (0 = must not regress at all).
+    max_accuracy_drop: float = 0.0
+
+
+@dataclasses.dataclass
+class PushConfig:
+    """Where blessed models go, in TF Serving's `<base>/<model>/<version>/` layout."""
+
+    # Empty: `<pipeline_root>/serving`.
+    serving_dir: str = ""
+    model_name: str = "image_classifier"
+    # Number of versions kept after a push (older ones are deleted); 0 keeps all.
+    keep_versions: int = 5
+
+
+@dataclasses.dataclass
+class KubeflowConfig:
+    """Compilation to a Kubeflow Pipelines v2 spec."""
+
+    image: str = "ghcr.io/example/ftune:latest"
+    gpu_type: str = "nvidia.com/gpu"
+    gpu_count: int = 1
+    trainer_cpu: float = 4.0
+    trainer_memory: str = "16Gi"
+    gpu_node_selector: Dict[str, str] = dataclasses.field(
+        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    )
+    # Name of the PersistentVolumeClaim the Pusher writes to (and TF Serving reads from); empty for gs:// / s3://.
+    serving_pvc: str = "ftune-models"
+    serving_mount_path: str = "/models"
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    pipeline_name: str = PIPELINE_NAME
+    # Artifacts, MLMD database, sample data and (by default) the serving directory live under here.
+    pipeline_root: str = "outputs"
+    # Extra Beam pipeline args, e.g. ["--runner=DataflowRunner", ...]. Empty: DirectRunner on all cores.
+    beam_args: List[str] = dataclasses.field(default_factory=list)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    push: PushConfig = dataclasses.field(default_factory=PushConfig)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+
+    # --- derived paths -------------------------------------------------------------------------------------
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.pipeline_root, "metadata.sqlite")
+
+    @property
+    def sample_data_dir(self) -> str:
+        return os.path.join(self.pipeline_root, "sample_data")
+
+    @property
+    def serving_dir(self) -> str:
+        return self.push.serving_dir or os.path.join(self.pipeline_root, "serving")
+
+    @property
+    def serving_model_dir(self) -> str:
+        return os.path.join(self.serving_dir, self.push.model_name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "PipelineConfig":
+        """Checks values that would otherwise fail deep inside a component; returns self."""
+        d, t, e = self.data, self.trainer, self.eval
+        _check(d.split_mode in ("auto", "hash", "presplit"), "data.split_mode", "auto, hash or presplit")
+        _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", "between 0 and 1 (exclusive)")
+        _check(0.0 <= d.max_quarantine_fraction <= 1.0, "data.max_quarantine_fraction", "between 0 and 1")
+        _check(d.max_image_pixels > 0, "data.max_image_pixels", "positive")
+        _check(d.sample_classes >= 2, "data.sample_classes", "at least 2")
+        _check(d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
+        _check(t.image_size >= 32, "trainer.image_size", "at least 32")
+        _check(t.batch_size >= 1, "trainer.batch_size", "at least 1")
+        _check(t.phase1_epochs >= 0 and t.phase2_epochs >= 0, "trainer.phase*_epochs", "non-negative")
+        _check(t.learning_rate > 0, "trainer.learning_rate", "positive")
+        _check(0 < t.fine_tune_lr_factor <= 1, "trainer.fine_tune_lr_factor", "in (0, 1]")
+        _check(t.fine_tune_at > 0, "trainer.fine_tune_at", "a layer index >= 1 or a fraction in (0, 1)")
+        _check(0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)")
+        _check(0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
+        _check(0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
+        _check(self.push.keep_versions >= 0, "push.keep_versions", "non-negative")
+        return self
+
+
+def _check(ok: bool, key: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config value {key} must be {expected}")
+
+
+# --- loading and overriding -----------------------------------------------------------------------------------
+
+
+def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Defaults, then a YAML/JSON file, then `key=value` overrides (in that order of precedence)."""
+    config = PipelineConfig()
+    if config_file:
+        try:
+            with open(config_file) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML/JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping at the top level")
+        _merge(config, raw, prefix="", source=config_file)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        set_value(config, key.strip(), value.strip())
+    return config.validate()
+
+
+def set_value(config: PipelineConfig, dotted_key: str, text: str) -> None:
+    """Sets `dotted_key` (e.g. `trainer.learning_rate`) from its text form, typed by the field declaration."""
+    target: Any = config
+    parts = dotted_key.split(".")
+    for part in parts[:-1]:
+        field = _field(target, part, dotted_key)
+        target = getattr(target, field.name)
+        if not dataclasses.is_dataclass(target):
+            raise ConfigError(f"unknown config key {dotted_key!r}")
+    field = _field(target, parts[-1], dotted_key)
+    if dataclasses.is_dataclass(getattr(target, field.name)):
+        raise ConfigError(f"config key {dotted_key!r} is a section; set one of its fields")
+    setattr(target, field.name, _parse(field, text, dotted_key))
+
+
+def _field(obj: Any, name: str, dotted_key: str) -> dataclasses.Field:
+    for f in dataclasses.fields(obj):
+        if f.name == name:
+            return f
+    known = ", ".join(f.name for f in dataclasses.fields(obj))
+    raise ConfigError(f"unknown config key {dotted_key!r} (known here: {known})")
+
+
+def _parse(field: dataclasses.Field, text: str, key: str) -> Any:
+    kind = str(field.type)
+    try:
+        if kind == "bool":
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "str":
+            return text
+        # Lists and dicts: JSON (or YAML) literal, e.g. --set beam_args='["--direct_num_workers=2"]'
+        value = yaml.safe_load(text)
+        expected = list if kind.startswith("List") else dict
+        if not isinstance(value, expected):
+            raise ValueError(text)
+        return value
+    except ValueError as exc:
+        raise ConfigError(f"config value for {key} must be of type {kind}, got {text!r}") from exc
+
+
+def _merge(obj: Any, raw: Dict[str, Any], prefix: str, source: str) -> None:
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        field = _field(obj, name, key)
+        current = getattr(obj, field.name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a mapping")
+            _merge(current, value, prefix=f"{key}.", source=source)
+        elif isinstance(value, (list, dict)):
+            set_value_raw(obj, field, value, key)
+        else:
+            setattr(obj, field.name, _parse(field, str(value), key))
+
+
+def set_value_raw(obj: Any, field: dataclasses.Field, value: Any, key: str) -> None:
+    _parse(field, json.dumps(value), key)  # type check only
+    setattr(obj, field.name, value)
