@@ -11,7 +11,7 @@ Each accepted image becomes one tf.Example:
                     palette BMPs (measured: pixel errors up to 240/255), so BMPs are re-encoded losslessly as PNG.
   label      int64  index of the class folder name in the sorted list of class names
   class_name bytes  the class folder name
-  file_name  bytes  path relative to the split root, e.g. `cats/cat.1.jpg` (also the hash-split key)
+  file_name  bytes  path relative to input_base, e.g. `train/cats/cat.1.jpg` (also the hash-split key)
   height, width int64  pixel size, for statistics
 
 A file is accepted only if Pillow identifies it by *content* (not extension) as a supported format, its header
@@ -27,6 +27,7 @@ source PTransform and a report step around the stock `Do` are ours.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -37,8 +38,10 @@ import apache_beam as beam
 import tensorflow as tf
 from PIL import Image
 from tfx import types
+from tfx.components.example_gen import input_processor
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.example_gen.driver import FileBasedDriver
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -170,6 +173,9 @@ def inspect_image(data: bytes, max_image_pixels: int) -> Tuple[Optional[bytes], 
     except Image.DecompressionBombError as exc:
         return None, {}, f"absurd dimensions (decompression bomb): {exc}"
     except Exception:  # Pillow raises several types for unidentifiable content
+        magic = _format_from_magic(data)
+        if magic:
+            return None, {}, f"corrupt {magic} header: starts like {magic} but cannot be parsed"
         return None, {}, "not an image: content not recognised as any image format"
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -194,6 +200,13 @@ def inspect_image(data: bytes, max_image_pixels: int) -> Tuple[Optional[bytes], 
     except Exception as exc:
         return None, {}, f"{fmt} decodes with Pillow but not with TensorFlow's decoder: {_first_line(exc)}"
     return data, {"height": height, "width": width, "format": fmt}, None
+
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+def _format_from_magic(data: bytes) -> Optional[str]:
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
 
 
 def _to_png(image: Image.Image) -> bytes:
@@ -236,8 +249,10 @@ class _ReadAndInspect(beam.DoFn):
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, split_root: str, split_name: str, class_names: List[str], max_image_pixels: int):
+    def __init__(self, split_root: str, split_prefix: str, split_name: str, class_names: List[str],
+                 max_image_pixels: int):
         self._split_root = split_root
+        self._split_prefix = split_prefix
         self._split_name = split_name
         self._labels = {name: i for i, name in enumerate(class_names)}
         self._max_image_pixels = max_image_pixels
@@ -248,6 +263,8 @@ class _ReadAndInspect(beam.DoFn):
     def process(self, item: Tuple[str, str]):
         class_name, rel_path = item
         full = os.path.join(self._split_root, rel_path)
+        # Relative to input_base, so names are unique across pre-split folders too (train/cats/1.jpg).
+        rel_path = os.path.join(self._split_prefix, rel_path)
         try:
             with open(full, "rb") as f:
                 data = f.read()
@@ -274,16 +291,17 @@ class _ReadAndInspect(beam.DoFn):
 def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str):
     """Reads the images of one input split. Quarantine records are written beside, to the private quarantine dir."""
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-    split_root = os.path.join(input_base, split_root_of(split_pattern))
+    split_prefix = split_root_of(split_pattern)
+    split_root = os.path.join(input_base, split_prefix)
     class_names = json.loads(exec_properties["_class_names"])
-    split_name = split_root_of(split_pattern) or "all"
+    split_name = split_prefix or "all"
     files = list_files(split_root, class_names)
     logging.info("ImageExampleGen: %d files in %d classes under %s", len(files), len(class_names), split_root)
     results = (
         pipeline
         | "ListFiles" >> beam.Create(files, reshuffle=True)
         | "ReadAndInspect" >> beam.ParDo(
-            _ReadAndInspect(split_root, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY]))
+            _ReadAndInspect(split_root, split_prefix, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY]))
         ).with_outputs(_ReadAndInspect.QUARANTINE, main="examples")
     )
     _ = results[_ReadAndInspect.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
@@ -392,6 +410,39 @@ def check_usable(report: Dict[str, Any], max_quarantine_fraction: float, report_
         )
 
 
+# --- the driver: input fingerprint for caching ------------------------------------------------------------------
+
+
+def fingerprint_split(input_base: str, split: example_gen_pb2.Input.Split) -> str:
+    """Like TFX's file fingerprint (count, bytes, mtimes, paths), but recursive below the class folders and
+    tolerant of entries that cannot be stat'ed (a dangling symlink must reach the quarantine, not crash here)."""
+    root = os.path.join(input_base, split_root_of(split.pattern))
+    classes = list_classes(root) if os.path.isdir(root) else []
+    digest = hashlib.sha256()
+    total_bytes = 0
+    files = list_files(root, classes)
+    for _, rel_path in files:
+        path = os.path.join(root, rel_path)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stat = os.lstat(path)
+        total_bytes += stat.st_size
+        digest.update(f"{rel_path}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+    return f"split:{split.name},num_files:{len(files)},total_bytes:{total_bytes},sha256:{digest.hexdigest()}"
+
+
+class _ImageFolderInputProcessor(input_processor.FileBasedInputProcessor):
+    def resolve_span_and_version(self):
+        self._fingerprint = "\n".join(fingerprint_split(self._input_base_uri, split) for split in self._splits)
+        return 0, None  # no span/version patterns in image folders
+
+
+class ImageFolderDriver(FileBasedDriver):
+    def get_input_processor(self, splits, range_config=None, input_base_uri=None):
+        return _ImageFolderInputProcessor(input_base_uri, splits, range_config)
+
+
 # --- the component ---------------------------------------------------------------------------------------------
 
 
@@ -408,6 +459,7 @@ class ImageExampleGen(FileBasedExampleGen):
     one: the KFP v2 compiler adds the file-fingerprinting driver to FileBasedExampleGen instances only)."""
 
     SPEC_CLASS = ImageExampleGenSpec
+    DRIVER_CLASS = ImageFolderDriver
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, input_base: str, split_mode: str = "hash", train_dir: str = "train",

@@ -1,0 +1,123 @@
+"""Run the pipeline on this machine: LocalDagRunner, Beam DirectRunner on all cores, MLMD in SQLite.
+
+Caching is on, so running the same command again after a failure resumes: components whose inputs and settings
+did not change are not executed again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+from pipeline.configs import PipelineConfig
+
+log = logging.getLogger("ftune")
+
+# DirectRunner in multi-processing mode; 0 workers means one per core.
+DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def say(message: str) -> None:
+    """Progress line for the user (flushed at once, independent of TFX's logging)."""
+    print(f"[ftune] {message}", flush=True)
+
+
+def prepare_data_root(config: PipelineConfig, progress: Callable[[str], None] = say) -> str:
+    """The configured image folder, or freshly generated sample data when none is configured."""
+    if config.data.data_root:
+        root = os.path.abspath(config.data.data_root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"data.data_root {root} does not exist or is not a directory")
+        return root
+    return ensure_sample_data(config, progress)
+
+
+def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] = say) -> str:
+    """Generates sample data under the pipeline root once per parameter set.
+
+    Regenerating would rewrite identical files with new timestamps, which changes ExampleGen's input fingerprint
+    and defeats caching, so an existing folder made with the same parameters is reused.
+    """
+    from pipeline.sample_data import generate_sample_data
+
+    root = os.path.abspath(config.sample_data_dir)
+    params = {
+        "classes": config.data.sample_classes,
+        "per_class": config.data.sample_per_class,
+        "seed": config.data.sample_seed,
+    }
+    marker = os.path.join(root, ".params.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == params:
+                progress(f"using sample data in {root}")
+                return root
+    if os.path.isdir(root):
+        import shutil
+
+        shutil.rmtree(root)
+    progress(f"generating sample data in {root} ({params['classes']} classes x {params['per_class']} images)")
+    generate_sample_data(root, progress=progress, **params)
+    with open(marker, "w") as f:
+        json.dump(params, f)
+    return root
+
+
+def beam_args(config: PipelineConfig) -> List[str]:
+    return list(config.beam_args) or list(DEFAULT_BEAM_ARGS)
+
+
+def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callable[[str], None] = say) -> Dict:
+    """Runs the pipeline locally; returns {'data_root', 'split_mode', 'wall_s'}."""
+    from tfx import v1 as tfx
+
+    from components.image_example_gen import resolve_split_mode
+    from pipeline.pipeline import create_pipeline
+
+    config.validate()
+    os.makedirs(config.pipeline_root, exist_ok=True)
+    data_root = prepare_data_root(config, progress)
+    split_mode = resolve_split_mode(data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir)
+    progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
+    pipeline = create_pipeline(
+        config,
+        data_root=data_root,
+        split_mode=split_mode,
+        stop_after=stop_after,
+        enable_cache=True,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path
+        ),
+        beam_pipeline_args=beam_args(config),
+    )
+    started = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    wall = time.time() - started
+    progress(f"pipeline finished in {wall:.1f} s")
+    return {"data_root": data_root, "split_mode": split_mode, "wall_s": wall}
+
+
+def latest_artifact_uri(config: PipelineConfig, component_id: str, output_key: str) -> Optional[str]:
+    """URI of the newest artifact published by `component_id` under `output_key` in this pipeline's MLMD."""
+    from ml_metadata.metadata_store import metadata_store
+    from tfx.orchestration import metadata
+
+    if not os.path.exists(config.metadata_path):
+        return None
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
+    # TFX attributes each node's executions to a context of type "node" named "<pipeline>.<node id>".
+    context = store.get_context_by_type_and_name("node", f"{config.pipeline_name}.{component_id}")
+    if context is None:
+        return None
+    executions = store.get_executions_by_context(context.id)
+    candidates = []
+    for event in store.get_events_by_execution_ids([e.id for e in executions]):
+        keys = [step.key for step in event.path.steps if step.HasField("key")]
+        if event.type == event.OUTPUT and output_key in keys:
+            candidates.append(event.artifact_id)
+    artifacts = store.get_artifacts_by_id(candidates) if candidates else []
+    live = [a for a in artifacts if a.state == a.LIVE]
+    return max(live, key=lambda a: a.id).uri if live else None

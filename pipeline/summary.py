@@ -1,0 +1,36 @@
+"""Human-readable summaries of a run, built from the artifacts the components wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from components.image_example_gen import REPORT_FILE
+
+
+def load_ingest_report(examples_uri: Optional[str]) -> Optional[dict]:
+    if not examples_uri:
+        return None
+    path = os.path.join(examples_uri, REPORT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def ingest_summary(examples_uri: Optional[str]) -> str:
+    report = load_ingest_report(examples_uri)
+    if report is None:
+        return "ingestion: no report found"
+    per_split = ", ".join(f"{split} {sum(c.values())}" for split, c in sorted(report["accepted_per_split"].items()))
+    lines = [
+        f"ingestion: {report['scanned']} files scanned, {report['accepted']} accepted ({per_split}), "
+        f"{report['quarantined_count']} quarantined; classes: {', '.join(report['class_names'])}",
+    ]
+    for record in report["quarantined"][:10]:
+        lines.append(f"  quarantined {record['path']}: {record['reason']}")
+    if report["quarantined_count"] > 10:
+        lines.append(f"  ... and {report['quarantined_count'] - 10} more")
+    lines.append(f"  report: {os.path.join(examples_uri, REPORT_FILE)}")
+    return "\n".join(lines)

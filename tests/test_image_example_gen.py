@@ -1,0 +1,180 @@
+"""ImageExampleGen: every good image exactly once, every bad file quarantined with a reason, stable splits."""
+
+import json
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.utils import proto_utils
+
+import image_corpus
+from conftest import IN_MEMORY_BEAM
+from components import image_example_gen as eg
+from pipeline.configs import PipelineConfig
+from pipeline.local_runner import latest_artifact_uri, run_local
+
+
+def read_examples(examples_uri: str):
+    """{split: {file_name: tf.train.Example}}; fails on duplicates within the whole output."""
+    out, seen = {}, set()
+    for split_dir in sorted(os.listdir(examples_uri)):
+        if not split_dir.startswith("Split-"):
+            continue
+        split = split_dir[len("Split-"):]
+        files = tf.io.gfile.glob(os.path.join(examples_uri, split_dir, "*"))
+        out[split] = {}
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            example = tf.train.Example.FromString(record)
+            name = example.features.feature["file_name"].bytes_list.value[0].decode()
+            assert name not in seen, f"{name} appears more than once in the output"
+            seen.add(name)
+            out[split][name] = example
+    return out
+
+
+def ingest(tmp_path, data_root: str, beam_args=IN_MEMORY_BEAM, root_name="root", **data_overrides):
+    config = PipelineConfig(pipeline_root=str(tmp_path / root_name), beam_args=list(beam_args))
+    config.data.data_root = data_root
+    for key, value in data_overrides.items():
+        setattr(config.data, key, value)
+    run_local(config, stop_after="ingest", progress=lambda m: None)
+    return config, latest_artifact_uri(config, "ImageExampleGen", "examples")
+
+
+def test_good_images_once_bad_files_quarantined_with_reason(tmp_path):
+    data = tmp_path / "images"
+    good, bad = image_corpus.write_corpus(str(data))
+    assert len({os.path.basename(k) for k in bad}) >= 10, "the corpus must hold at least 10 kinds of bad file"
+
+    # Multi-processing Beam here (the product's default), so the DoFn really is pickled into worker processes.
+    config, uri = ingest(tmp_path, str(data), beam_args=["--direct_running_mode=multi_processing",
+                                                         "--direct_num_workers=2"], max_quarantine_fraction=0.6)
+
+    examples = read_examples(uri)
+    produced = {name: ex for split in examples.values() for name, ex in split.items()}
+    assert set(produced) == set(good)
+    for name, example in produced.items():
+        feature = example.features.feature
+        class_name = feature["class_name"].bytes_list.value[0].decode()
+        assert class_name == good[name]
+        assert feature["label"].int64_list.value[0] == ["cat", "dog"].index(class_name)
+        image = tf.io.decode_image(feature["image"].bytes_list.value[0], channels=3, expand_animations=False)
+        assert image.shape == (48, 64, 3)
+
+    with open(os.path.join(uri, eg.REPORT_FILE)) as f:
+        report = json.load(f)
+    quarantined = {record["file_name"]: record["reason"] for record in report["quarantined"]}
+    assert set(quarantined) == set(bad)
+    for name, expected in bad.items():
+        assert expected in quarantined[name], (name, quarantined[name])
+    assert report["scanned"] == len(good) + len(bad)
+    assert report["accepted"] == len(good)
+    assert report["class_names"] == ["cat", "dog"]
+
+    # StatisticsGen and SchemaGen ran on the output in the same pipeline.
+    schema_uri = latest_artifact_uri(config, "SchemaGen", "schema")
+    assert schema_uri and os.path.exists(os.path.join(schema_uri, "schema.pbtxt"))
+    with open(os.path.join(schema_uri, "schema.pbtxt")) as f:
+        schema_text = f.read()
+    for feature_name in ("image", "label", "class_name", "file_name"):
+        assert f'name: "{feature_name}"' in schema_text
+
+
+def test_presplit_layout_keeps_folder_splits(tmp_path):
+    data = tmp_path / "images"
+    image_corpus.write_plain(str(data / "train"), {"a": 6, "b": 5})
+    image_corpus.write_plain(str(data / "validation"), {"a": 3, "b": 2}, seed=1)
+    _, uri = ingest(tmp_path, str(data))  # split_mode "auto" finds train/ + validation/
+    examples = read_examples(uri)
+    assert {s: len(v) for s, v in examples.items()} == {"train": 11, "eval": 5}
+    # file_name is relative to the data root, so the same class/file name in both folders stays distinct
+    assert all(name.startswith("train/") for name in examples["train"])
+    assert all(name.startswith("validation/") for name in examples["eval"])
+
+
+def test_hash_split_is_deterministic_across_runs_and_respects_ratio(tmp_path):
+    data = tmp_path / "images"
+    image_corpus.write_plain(str(data), {"a": 40, "b": 40})
+    _, first = ingest(tmp_path, str(data), root_name="first", eval_fraction=0.25)
+    _, second = ingest(tmp_path, str(data), root_name="second", eval_fraction=0.25)
+    a, b = read_examples(first), read_examples(second)
+    assert {s: set(v) for s, v in a.items()} == {s: set(v) for s, v in b.items()}
+    assert set(a) == {"train", "eval"}
+
+
+def test_hash_split_ratio_on_many_files():
+    """The configured ratio holds within tolerance, using TFX's own partition function with our config."""
+    output = eg.make_output_config("hash", eval_fraction=0.2)
+    buckets, total = [], 0
+    for split in output.split_config.splits:
+        total += split.hash_buckets
+        buckets.append(total)
+    assignments = []
+    for i in range(4000):
+        example = eg.make_example(b"x", 0, "c", f"class_{i % 7}/image_{i:05d}.jpg", {"height": 1, "width": 1})
+        assignments.append(_PartitionFn(example, len(buckets), buckets, output.split_config))
+    eval_share = assignments.count(1) / len(assignments)
+    assert abs(eval_share - 0.2) < 0.02, eval_share
+
+
+# --- unusable data: clear errors, report kept ------------------------------------------------------------------
+
+
+def run_executor(tmp_path, data_root: str, max_quarantine_fraction: float = 0.1):
+    """Runs the component's executor directly (the same Do the pipeline runs) and returns the output uri."""
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "out")
+    exec_properties = {
+        standard_component_specs.INPUT_BASE_KEY: data_root,
+        standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(
+            eg.make_input_config("hash", "train", "validation")),
+        standard_component_specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(eg.make_output_config("hash", 0.2)),
+        standard_component_specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
+        standard_component_specs.OUTPUT_FILE_FORMAT_KEY: example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+        eg.MAX_QUARANTINE_FRACTION_KEY: max_quarantine_fraction,
+        eg.MAX_IMAGE_PIXELS_KEY: 50_000_000,
+    }
+    eg.Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
+    return examples.uri
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path):
+    image_corpus.write_plain(str(tmp_path / "data"), {"only": 3})
+    with pytest.raises(eg.DataUnusableError, match="at least 2"):
+        run_executor(tmp_path, str(tmp_path / "data"))
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    image_corpus.write_plain(str(tmp_path / "data"), {"a": 3, "b": 3})
+    os.makedirs(tmp_path / "data" / "c_empty")
+    with pytest.raises(eg.DataUnusableError, match="c_empty"):
+        run_executor(tmp_path, str(tmp_path / "data"))
+
+
+def test_class_with_only_bad_files_is_an_error(tmp_path):
+    image_corpus.write_plain(str(tmp_path / "data"), {"a": 4, "b": 4})
+    shutil.rmtree(tmp_path / "data" / "b")
+    os.makedirs(tmp_path / "data" / "b")
+    (tmp_path / "data" / "b" / "x.jpg").write_bytes(b"")
+    with pytest.raises(eg.DataUnusableError, match="no usable training image left for class.*b"):
+        run_executor(tmp_path, str(tmp_path / "data"), max_quarantine_fraction=0.5)
+
+
+def test_quarantine_above_limit_fails_but_keeps_the_report(tmp_path):
+    image_corpus.write_plain(str(tmp_path / "data"), {"a": 4, "b": 4})
+    for i in range(3):
+        (tmp_path / "data" / "a" / f"bad{i}.jpg").write_bytes(b"not an image")
+    with pytest.raises(eg.DataUnusableError, match=r"3 of 11 files .* quarantined.*max_quarantine_fraction"):
+        run_executor(tmp_path, str(tmp_path / "data"), max_quarantine_fraction=0.2)
+    with open(tmp_path / "out" / eg.REPORT_FILE) as f:
+        report = json.load(f)
+    assert report["quarantined_count"] == 3 and report["accepted"] == 8
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    with pytest.raises(eg.DataUnusableError, match="does not exist"):
+        run_executor(tmp_path, str(tmp_path / "nowhere"))
