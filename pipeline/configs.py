@@ -72,6 +72,20 @@ class TrainerConfig:
     augment: bool = True
     rotation_factor: float = 0.2
     seed: int = 42
+    # Speed levers (trainer/fine_tune.py). The frozen part of the base computes the same output for an image in
+    # every epoch, so it can be computed once (for the image and its horizontal flip) and cached:
+    #   phase1_mode: "cached_features" trains the head on cached pooled features; "end_to_end" runs the base
+    #                every epoch (keeps on-the-fly rotation augmentation).
+    #   phase2_mode: "cached_prefix" caches the activations below the unfrozen block; "end_to_end" does not.
+    phase1_mode: str = "cached_features"
+    phase2_mode: str = "cached_prefix"
+    # Upper bound on the in-memory feature caches; above it the trainer falls back to end_to_end.
+    cache_max_mb: int = 2048
+    jit_compile: bool = False
+    # On GPU nodes: float16 compute with float32 logits (no effect on CPU).
+    mixed_precision: bool = False
+    # Eval images written as TF Serving warmup requests into the exported model.
+    warmup_requests: int = 4
 
 
 @dataclasses.dataclass
@@ -161,6 +175,9 @@ class PipelineConfig:
         _check(0 < t.fine_tune_lr_factor <= 1, "trainer.fine_tune_lr_factor", "in (0, 1]")
         _check(t.fine_tune_at > 0, "trainer.fine_tune_at", "a layer index >= 1 or a fraction in (0, 1)")
         _check(0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)")
+        _check(t.phase1_mode in ("cached_features", "end_to_end"), "trainer.phase1_mode",
+               "cached_features or end_to_end")
+        _check(t.phase2_mode in ("cached_prefix", "end_to_end"), "trainer.phase2_mode", "cached_prefix or end_to_end")
         _check(0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
         _check(0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
         _check(self.push.keep_versions >= 0, "push.keep_versions", "non-negative")

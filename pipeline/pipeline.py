@@ -6,6 +6,7 @@ Modelled on TFX's templates: `create_pipeline` takes plain values, builds the co
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional
 
 from tfx import v1 as tfx
@@ -13,8 +14,12 @@ from tfx import v1 as tfx
 from components.image_example_gen import ImageExampleGen
 from pipeline.configs import PipelineConfig
 
-# Stages a caller can stop after (tests and `ftune ingest` use "ingest").
-STAGES = ("ingest", "validate", "push")
+# Stages a caller can stop after (`ftune ingest` uses "ingest", trainer tests "train").
+STAGES = ("ingest", "train", "push")
+# The module functions are referenced by import path: the project is installed (editable locally, in the image
+# on Kubeflow), so TFX imports them instead of packaging a copy of a source file.
+PREPROCESSING_FN = "components.image_transform.preprocessing_fn"
+RUN_FN = "components.fine_tune_trainer.run_fn"
 
 
 def create_pipeline(
@@ -64,6 +69,28 @@ def create_pipeline(
             statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
         )
         components.append(example_validator)
+
+        transform = tfx.components.Transform(
+            examples=example_gen.outputs["examples"],
+            schema=schema_gen.outputs["schema"],
+            preprocessing_fn=PREPROCESSING_FN,
+            custom_config={"image_size": config.trainer.image_size},
+            # Statistics over serialized image tensors say nothing useful and cost a pass over the data.
+            disable_statistics=True,
+        )
+        components.append(transform)
+
+        trainer = tfx.components.Trainer(
+            run_fn=RUN_FN,
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=schema_gen.outputs["schema"],
+            # Epochs, early stopping and batch size come from the trainer config; TFX's step counts are unused.
+            train_args=tfx.proto.TrainArgs(num_steps=0),
+            eval_args=tfx.proto.EvalArgs(num_steps=0),
+            custom_config={"trainer": dataclasses.asdict(config.trainer)},
+        )
+        components.append(trainer)
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -1,0 +1,128 @@
+"""Trainer module file: TFX calls `run_fn` with the Transform output; we fine-tune and export for TF Serving.
+
+Steps: read the transformed examples -> build base + new head (trainer/model.py) -> phase 1 with the base frozen,
+phase 2 with its top unfrozen and the model recompiled at a lower learning rate (trainer/fine_tune.py) -> export a
+SavedModel whose signatures apply the same TFT transform (serving/export.py). Written with the model artifact:
+`training_history.json` (per epoch, both phases, phase boundary), `labels.txt`, TensorBoard logs (ModelRun
+artifact) and a Keras copy of the model (`model.keras`, ModelRun artifact) for inspection or further training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from components import image_transform
+from pipeline.configs import TrainerConfig
+from serving.export import export_saved_model
+from trainer.fine_tune import train_two_phase
+from trainer.model import build_model
+
+HISTORY_FILE = "training_history.json"
+LABELS_FILE = "labels.txt"
+KERAS_MODEL_FILE = "model.keras"
+SHUFFLE_BUFFER = 4096
+
+
+def trainer_config(custom_config: Dict[str, Any]) -> TrainerConfig:
+    """The pipeline passes `dataclasses.asdict(config.trainer)` as the Trainer's custom_config."""
+    return TrainerConfig(**(custom_config or {}).get("trainer", {}))
+
+
+def make_dataset(files: List[str], tf_transform_output: tft.TFTransformOutput, image_size: int, batch_size: int,
+                 shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label)."""
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    # TFX hands over file patterns (".../Split-train/*"); sorted for a reproducible order.
+    paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no transformed examples match {files}")
+    records = tf.data.TFRecordDataset(paths, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+    # The serialized uint8 images are small (~77 KB at 160 px); keep them in memory instead of re-reading and
+    # un-gzipping the files every epoch.
+    records = records.cache()
+    if shuffle:
+        records = records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, feature_spec)
+        images = image_transform.parse_images(features[image_transform.TRANSFORMED_IMAGE_KEY], image_size)
+        return images, features[image_transform.LABEL_KEY]
+
+    return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def warmup_images(dataset: tf.data.Dataset, count: int) -> List[bytes]:
+    """A few eval images, re-encoded as PNG: valid requests for TF Serving's warmup replay."""
+    images: List[bytes] = []
+    for batch, _ in dataset:
+        for image in batch:
+            if len(images) >= count:
+                return images
+            images.append(tf.io.encode_png(tf.cast(image, tf.uint8)).numpy())
+    return images
+
+
+def distribution_strategy(cfg: TrainerConfig) -> tf.distribute.Strategy:
+    """MirroredStrategy over several GPUs; the default strategy otherwise (one GPU is used automatically)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and cfg.mixed_precision:
+        import keras
+
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if len(gpus) > 1:
+        logging.info("Trainer: MirroredStrategy over %d GPUs", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    logging.info("Trainer: %s", f"1 GPU ({gpus[0].name})" if gpus else "CPU only")
+    return tf.distribute.get_strategy()
+
+
+def run_fn(fn_args: FnArgs) -> None:
+    cfg = trainer_config(fn_args.custom_config)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    class_names = image_transform.read_class_names(tf_transform_output)
+    logging.info("Trainer: %d classes %s, config %s", len(class_names), class_names, cfg)
+
+    train_ds = make_dataset(fn_args.train_files, tf_transform_output, cfg.image_size, cfg.batch_size,
+                            shuffle=True, seed=cfg.seed)
+    eval_ds = make_dataset(fn_args.eval_files, tf_transform_output, cfg.image_size, cfg.batch_size,
+                           shuffle=False, seed=cfg.seed)
+
+    import keras
+
+    started = time.time()
+    with distribution_strategy(cfg).scope():
+        model, base = build_model(cfg, num_classes=len(class_names))
+        tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))
+        history = train_two_phase(model, base, train_ds, eval_ds, cfg, callbacks=[tensorboard])
+    history["train_wall_s"] = time.time() - started
+    history["class_names"] = class_names
+
+    export_dir = fn_args.serving_model_dir
+    export_saved_model(model, tf_transform_output, class_names, cfg.image_size, export_dir,
+                       warmup_images=warmup_images(eval_ds, cfg.warmup_requests))
+    write_model_files(os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history,
+                      class_names, model)
+    logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir,
+                 history.get("final_accuracy"))
+
+
+def write_model_files(model_root: str, export_dir: str, model_run_dir: str, history: Dict[str, Any],
+                      class_names: List[str], model) -> None:
+    labels = "".join(f"{name}\n" for name in class_names)
+    for directory in (model_root, os.path.join(export_dir, "assets.extra")):
+        tf.io.gfile.makedirs(directory)
+        with tf.io.gfile.GFile(os.path.join(directory, LABELS_FILE), "w") as f:
+            f.write(labels)
+    with tf.io.gfile.GFile(os.path.join(model_root, HISTORY_FILE), "w") as f:
+        json.dump(history, f, indent=2)
+    tf.io.gfile.makedirs(model_run_dir)
+    model.save(os.path.join(model_run_dir, KERAS_MODEL_FILE))

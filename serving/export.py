@@ -1,0 +1,113 @@
+"""Export the trained classifier as a SavedModel for TF Serving, with the training-time transform inside.
+
+Both signatures run the *same* TFT transform graph that produced the training data, then the Keras model:
+  serving_default       image_bytes [N] string (encoded JPEG/PNG/GIF/BMP; TF Serving REST: {"b64": "..."})
+  serving_tf_example    examples [N] serialized tf.Example with an `image` feature (TFMA, batch inference)
+Outputs of both: probabilities [N, C] float32, class_ids [N] int64, class_names [N] string, and (binary tasks)
+score [N] float32 = probability of class 1, used by TFMA's BinaryAccuracy.
+
+Why a tf.Module and `tf.saved_model.save` instead of `model.save`: TFT's transform layer is a tf_keras object and
+the model is Keras 3; a plain tf.Module tracks both, and tf.saved_model.save writes one SavedModel that TF Serving
+and TFMA (`model_type='tf_generic'`) load without any Keras at all.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence
+
+import tensorflow as tf
+
+from components import image_transform
+
+SERVING_SIGNATURE = "serving_default"
+TF_EXAMPLE_SIGNATURE = "serving_tf_example"
+IMAGE_BYTES_INPUT = "image_bytes"
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+class ServingModule(tf.Module):
+    """Raw request -> TFT transform -> Keras model -> probabilities / class ids / class names."""
+
+    def __init__(self, model, tf_transform_output, class_names: Sequence[str], image_size: int):
+        super().__init__()
+        self.model = model
+        # Keras 3 keeps some state (e.g. the augmentation and dropout layers' RNG seeds) in variables that
+        # tf.Module attribute tracking does not reach through the model; the traced signatures capture them, so
+        # they must be tracked explicitly or tf.saved_model.save refuses (Keras' own ExportArchive does the same).
+        self.model_variables = [getattr(v, "value", v) for v in model.variables]
+        self.tft_layer = tf_transform_output.transform_features_layer()
+        self.class_names = tf.Variable(list(class_names), trainable=False, dtype=tf.string, name="class_names")
+        self._image_size = image_size
+        self._num_classes = len(class_names)
+        self._image_feature_spec = {
+            image_transform.IMAGE_KEY: tf_transform_output.raw_feature_spec()[image_transform.IMAGE_KEY]
+        }
+
+    def predict_transformed(self, image_raw: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """From Transform's output feature (what the trainer sees) to the output dict."""
+        images = image_transform.parse_images(image_raw, self._image_size)
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        if self._num_classes == 2:
+            score = tf.sigmoid(tf.reshape(logits, [-1]))
+            probabilities = tf.stack([1.0 - score, score], axis=1)
+        else:
+            probabilities = tf.nn.softmax(logits, axis=-1)
+            score = None
+        class_ids = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        outputs = {
+            "probabilities": probabilities,
+            "class_ids": class_ids,
+            "class_names": tf.gather(self.class_names, class_ids),
+        }
+        if score is not None:
+            outputs["score"] = score
+        return outputs
+
+    def _transform(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        return self.predict_transformed(self.tft_layer(raw_features)[image_transform.TRANSFORMED_IMAGE_KEY])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
+    def serve_image_bytes(self, image_bytes):
+        # The raw schema's image feature has shape [1] per example.
+        return self._transform({image_transform.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_tf_examples(self, examples):
+        return self._transform(tf.io.parse_example(examples, self._image_feature_spec))
+
+
+def export_saved_model(model, tf_transform_output, class_names: Sequence[str], image_size: int, export_dir: str,
+                       warmup_images: Sequence[bytes] = ()) -> str:
+    """Writes the SavedModel (and TF Serving warmup requests) to export_dir; returns export_dir."""
+    module = ServingModule(model, tf_transform_output, class_names, image_size)
+    signatures = {
+        SERVING_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
+        TF_EXAMPLE_SIGNATURE: module.serve_tf_examples.get_concrete_function(),
+    }
+    tf.saved_model.save(module, export_dir, signatures=signatures)
+    if warmup_images:
+        write_warmup_requests(export_dir, warmup_images)
+    return export_dir
+
+
+def write_warmup_requests(export_dir: str, images: Sequence[bytes], model_name: str = "") -> str:
+    """`assets.extra/tf_serving_warmup_requests`: PredictionLogs TF Serving replays before it reports ready."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path = os.path.join(export_dir, "assets.extra", WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE)
+            )
+            request.inputs[IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def load_class_names(saved_model_dir: str) -> List[str]:
+    loaded = tf.saved_model.load(saved_model_dir)
+    return [name.decode() for name in loaded.class_names.numpy()]
