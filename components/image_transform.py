@@ -11,6 +11,7 @@ Output features:
                      base-model-specific scaling (e.g. MobileNetV2's [-1, 1]) lives inside the Keras model, next to
                      the base it belongs to (Keras guide).
   label      int64   passed through.
+  file_name  string  passed through (traceability; not a model input).
 
 It also records the label vocabulary as a TFT asset (`class_names`): entries `<label id>:<class name>`, so that
 serving can map class ids to names without any file travelling beside the model.
@@ -24,6 +25,7 @@ import tensorflow_transform as tft
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 CLASS_NAME_KEY = "class_name"
+FILE_NAME_KEY = "file_name"
 TRANSFORMED_IMAGE_KEY = "image_raw"
 CLASS_VOCAB_NAME = "class_names"
 DEFAULT_IMAGE_SIZE = 160
@@ -70,6 +72,9 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
     image_size = int(custom_config.get("image_size", DEFAULT_IMAGE_SIZE))
     images = decode_and_resize(_flatten(inputs[IMAGE_KEY]), image_size)
     outputs = {TRANSFORMED_IMAGE_KEY: serialize_images(images)}
+    if FILE_NAME_KEY in inputs:
+        # Carried along (unused by the model) so an example stays traceable to its file, e.g. in skew checks.
+        outputs[FILE_NAME_KEY] = _flatten(inputs[FILE_NAME_KEY])
     if LABEL_KEY in inputs:
         label = _flatten(inputs[LABEL_KEY])
         outputs[LABEL_KEY] = label

@@ -66,22 +66,92 @@ def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] =
     return root
 
 
+class _ProgressFilter(logging.Filter):
+    """Lets through the lines a user follows a run by: component start/finish (TFX), cache hits, and the
+    progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden."""
+
+    PREFIXES = ("Component ", "ImageExampleGen:", "Trainer:", "Evaluator:", "Pusher:", "ServedModelBaseline:",
+                "Fine-tune", "Phase")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return "quarantined" in message or record.levelno >= logging.ERROR
+        return message.startswith(self.PREFIXES) or "cached" in message.lower() and "execution" in message.lower()
+
+
+def enable_progress_logging() -> None:
+    """Shows component progress on stderr with timestamps (absl's INFO level, filtered)."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    handler = absl_logging.get_absl_handler()
+    handler.setFormatter(logging.Formatter("[ftune] %(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_ProgressFilter())
+
+
+def component_timings(config: PipelineConfig) -> Dict[str, Dict]:
+    """{node id: {'seconds', 'state'}} for the latest execution of each node of this pipeline (from MLMD)."""
+    from ml_metadata.metadata_store import metadata_store
+    from tfx.orchestration import metadata
+
+    if not os.path.exists(config.metadata_path):
+        return {}
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
+    timings: Dict[str, Dict] = {}
+    prefix = f"{config.pipeline_name}."
+    for context in store.get_contexts_by_type("node"):
+        if not context.name.startswith(prefix):
+            continue
+        executions = store.get_executions_by_context(context.id)
+        if not executions:
+            continue
+        latest = max(executions, key=lambda e: e.id)
+        state = {2: "interrupted", 3: "ran", 4: "failed", 5: "cached", 6: "canceled"}.get(latest.last_known_state, "unknown")
+        seconds = (latest.last_update_time_since_epoch - latest.create_time_since_epoch) / 1000.0
+        timings[context.name[len(prefix):]] = {"seconds": round(seconds, 1), "state": state}
+    return timings
+
+
 def beam_args(config: PipelineConfig) -> List[str]:
     return list(config.beam_args) or list(DEFAULT_BEAM_ARGS)
+
+
+def preflight_weights(config: PipelineConfig, progress: Callable[[str], None] = say) -> None:
+    """Resolves the base's pretrained weights before anything runs (--weights/config, then FTUNE_WEIGHTS, then
+    Keras' ImageNet download) and builds the base once with them, so a missing or incompatible weights file
+    stops the run here with instructions instead of after ingestion. The resolved absolute path is written back
+    into the config, so the Trainer (and its cache key) sees exactly this file."""
+    from trainer.model import get_base_spec
+    from trainer.weights import build_base, resolve_weights
+
+    weights = resolve_weights(config.trainer.weights)
+    if weights is None:
+        progress("WARNING: trainer.weights=none: the frozen base is random, so the model will be near chance")
+        return
+    spec = get_base_spec(config.trainer.base_model)
+    size = config.trainer.image_size
+    build_base(spec.constructor, (size, size, 3), weights)
+    config.trainer.weights = weights
+    progress(f"base {config.trainer.base_model} with weights: {weights}")
 
 
 def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callable[[str], None] = say) -> Dict:
     """Runs the pipeline locally; returns {'data_root', 'split_mode', 'wall_s'}."""
     from tfx import v1 as tfx
 
-    from components.image_example_gen import resolve_split_mode
+    from components.image_example_gen import list_classes, resolve_split_mode
+    from components.served_model_baseline import serving_state
     from pipeline.pipeline import create_pipeline
 
     config.validate()
     os.makedirs(config.pipeline_root, exist_ok=True)
+    if stop_after != "ingest":
+        preflight_weights(config, progress)
     data_root = prepare_data_root(config, progress)
     split_mode = resolve_split_mode(data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir)
     progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
+    class_root = os.path.join(data_root, config.data.train_dir) if split_mode == "presplit" else data_root
     pipeline = create_pipeline(
         config,
         data_root=data_root,
@@ -92,6 +162,8 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
             config.metadata_path
         ),
         beam_pipeline_args=beam_args(config),
+        num_classes=len(list_classes(class_root)),
+        serving_state=serving_state(config.serving_model_dir),
     )
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -10,8 +10,11 @@ import dataclasses
 from typing import List, Optional
 
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
+from components import atomic_pusher, evaluator_gate
 from components.image_example_gen import ImageExampleGen
+from components.served_model_baseline import ServedModelBaseline
 from pipeline.configs import PipelineConfig
 
 # Stages a caller can stop after (`ftune ingest` uses "ingest", trainer tests "train").
@@ -31,6 +34,8 @@ def create_pipeline(
     enable_cache: bool = True,
     metadata_connection_config: Optional[object] = None,
     beam_pipeline_args: Optional[List[str]] = None,
+    num_classes: Optional[int] = None,
+    serving_state: str = "",
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -42,6 +47,9 @@ def create_pipeline(
       enable_cache: reuse outputs of unchanged component runs (a re-run after a failure resumes).
       metadata_connection_config: MLMD connection (local runner); None for Kubeflow, which brings its own.
       beam_pipeline_args: args for Beam-based components (DirectRunner settings or a distributed runner).
+      num_classes: number of classes when known at build time (picks binary vs. sparse categorical accuracy).
+      serving_state: the served versions' fingerprint (ServedModelBaseline re-runs when it changes); "" when
+        the runner cannot see the serving directory at build time (then disable caching for that node).
     """
     if stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
@@ -91,6 +99,35 @@ def create_pipeline(
             custom_config={"trainer": dataclasses.asdict(config.trainer)},
         )
         components.append(trainer)
+
+    if stop_after == "push":
+        # The gate's baseline is what TF Serving serves now, not a Resolver (see served_model_baseline.py).
+        baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state)
+        components.append(baseline)
+
+        evaluator = tfx.components.Evaluator(
+            examples=example_gen.outputs["examples"],
+            example_splits=["eval"],
+            model=trainer.outputs["model"],
+            baseline_model=baseline.outputs["baseline_model"],
+            schema=schema_gen.outputs["schema"],
+            eval_config=evaluator_gate.make_eval_config(
+                num_classes, config.eval.accuracy_floor, config.eval.max_accuracy_drop
+            ),
+        ).with_id("Evaluator")
+        evaluator.executor_spec = executor_spec.BeamExecutorSpec(evaluator_gate.Executor)
+        components.append(evaluator)
+
+        pusher = tfx.components.Pusher(
+            model=trainer.outputs["model"],
+            model_blessing=evaluator.outputs["blessing"],
+            push_destination=tfx.proto.PushDestination(
+                filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)
+            ),
+            custom_config={atomic_pusher.KEEP_VERSIONS_KEY: config.push.keep_versions},
+        )
+        pusher.executor_spec = executor_spec.ExecutorClassSpec(atomic_pusher.Executor)
+        components.append(pusher)
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -1,0 +1,106 @@
+"""ServedModelBaseline: the model TF Serving serves now, as a Model artifact for the Evaluator's baseline.
+
+Why not TFX's Resolver (LatestBlessedModelStrategy): Resolver nodes compile to KFP `resolver` executors, which
+open-source Kubeflow Pipelines rejects ("resolver executors not implemented"). And "never regress against what
+users are being served" is the right gate anyway: the latest blessed model in MLMD is not necessarily the one in
+the serving directory (rollbacks, pushes from another pipeline root).
+
+The executor copies the highest complete version under `<serving base>/<model name>/` into its output artifact
+(`<uri>/Format-Serving`, where the Evaluator looks), so the evaluation is reproducible even if the serving
+directory changes meanwhile. With nothing served yet (first run) it writes an empty artifact with
+`served_version = -1`, which the Evaluator gate treats as "no baseline" (no change threshold, as TFX does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any, Dict, List, Optional, Tuple
+
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+SERVING_MODEL_DIR_KEY = "serving_model_dir"
+SERVING_STATE_KEY = "serving_state"
+BASELINE_MODEL_KEY = "baseline_model"
+SERVED_VERSION_PROPERTY = "served_version"
+SERVED_PATH_PROPERTY = "served_path"
+NO_SERVED_VERSION = -1
+
+
+def served_versions(serving_model_dir: str) -> List[int]:
+    """Complete versions in TF Serving's layout: integer-named folders holding a saved_model.pb, ascending.
+
+    Staging folders of an in-progress push have non-numeric names (TF Serving ignores them, and so do we)."""
+    if not os.path.isdir(serving_model_dir):
+        return []
+    versions = []
+    for name in os.listdir(serving_model_dir):
+        if name.isdigit() and os.path.isfile(os.path.join(serving_model_dir, name, "saved_model.pb")):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def latest_served(serving_model_dir: str) -> Tuple[int, Optional[str]]:
+    versions = served_versions(serving_model_dir)
+    if not versions:
+        return NO_SERVED_VERSION, None
+    return versions[-1], os.path.join(serving_model_dir, str(versions[-1]))
+
+
+def serving_state(serving_model_dir: str) -> str:
+    """A string that changes whenever the served versions change.
+
+    It is an execution property, so the component's cached result is reused only while the serving directory is
+    unchanged: a model pushed by the previous run becomes the next run's baseline."""
+    parts = []
+    for version in served_versions(serving_model_dir):
+        stat = os.stat(os.path.join(serving_model_dir, str(version), "saved_model.pb"))
+        parts.append(f"{version}:{int(stat.st_mtime)}")
+    return ",".join(parts) or "none"
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        baseline = artifact_utils.get_single_instance(output_dict[BASELINE_MODEL_KEY])
+        version, path = latest_served(exec_properties[SERVING_MODEL_DIR_KEY])
+        baseline.set_int_custom_property(SERVED_VERSION_PROPERTY, version)
+        if path is None:
+            logging.info("ServedModelBaseline: nothing served under %s yet (first run)",
+                         exec_properties[SERVING_MODEL_DIR_KEY])
+            os.makedirs(baseline.uri, exist_ok=True)
+            return
+        baseline.set_string_custom_property(SERVED_PATH_PROPERTY, path)
+        shutil.copytree(path, os.path.join(baseline.uri, "Format-Serving"), dirs_exist_ok=True)
+        logging.info("ServedModelBaseline: baseline is served version %d (%s)", version, path)
+
+
+def is_served(model: types.Artifact) -> bool:
+    return model.get_int_custom_property(SERVED_VERSION_PROPERTY) != NO_SERVED_VERSION
+
+
+class ServedModelBaselineSpec(ComponentSpec):
+    PARAMETERS = {
+        SERVING_MODEL_DIR_KEY: ExecutionParameter(type=str),
+        SERVING_STATE_KEY: ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS: Dict[str, ChannelParameter] = {}
+    OUTPUTS = {BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
+
+
+class ServedModelBaseline(base_component.BaseComponent):
+    SPEC_CLASS = ServedModelBaselineSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, serving_model_dir: str, serving_state: str = ""):
+        super().__init__(
+            spec=ServedModelBaselineSpec(
+                serving_model_dir=serving_model_dir,
+                serving_state=serving_state,
+                baseline_model=types.Channel(type=standard_artifacts.Model),
+            )
+        )
