@@ -67,6 +67,25 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.local_runner import component_timings, enable_progress_logging, run_local, say
+    from pipeline.summary import run_summary
+
+    config = _load(args)
+    enable_progress_logging()
+    result = run_local(config, stop_after="push")
+    say(run_summary(config, result, component_timings(config)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    config = _load(args)
+    print(f"[ftune] report: {write_report(config, args.output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftune",
@@ -97,6 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser("run", help="run the whole pipeline locally (ingest -> train -> gate -> push)",
+                       description="Run ExampleGen, StatisticsGen, SchemaGen, ExampleValidator, Transform, Trainer, "
+                                   "the served-model baseline, Evaluator and Pusher with LocalDagRunner (Beam "
+                                   "DirectRunner on all cores, MLMD in SQLite under the pipeline root). Caching is "
+                                   "on: re-running after a failure resumes. Without --data-root, sample data is "
+                                   "generated and used. Ends with a summary and writes the HTML report.")
+    _add_config_options(p)
+    p.add_argument("--weights", metavar="PATH|imagenet|none",
+                   help="pretrained base weights (trainer.weights); default: $FTUNE_WEIGHTS, else Keras' ImageNet "
+                        "download")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write the HTML run report for the latest run",
+                       description="Write an HTML page with PNG figures (learning curves, confusion matrix, eval "
+                                   "images, quarantine list, gate decision) for the latest run under the pipeline "
+                                   "root.")
+    _add_config_options(p)
+    p.add_argument("--output", metavar="DIR", help="output folder (default: <pipeline_root>/report)")
+    p.set_defaults(func=cmd_report)
+
     return parser
 
 
@@ -105,21 +144,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"ftune: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"ftune: error: {message}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the pipeline's own errors name the component; keep the message on top
-        from components.image_example_gen import DataUnusableError
 
-        root = exc
-        while root.__cause__ is not None or root.__context__ is not None:
-            if isinstance(root, DataUnusableError):
-                break
-            root = root.__cause__ or root.__context__
-        if isinstance(root, DataUnusableError):
-            print(f"ftune: error: unusable data: {root}", file=sys.stderr)
-            return 3
-        raise
+
+def user_error(exc: BaseException) -> Optional[str]:
+    """The message for errors that are the user's to fix (bad setting, missing file, unusable data, no
+    weights), found anywhere in the exception chain (TFX wraps component errors); None for bugs."""
+    # Imported here: they pull in TensorFlow, which `ftune --help` should not wait for.
+    from components.image_example_gen import DataUnusableError
+    from trainer.weights import WeightsUnavailableError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DataUnusableError):
+            return f"unusable data: {exc}"
+        if isinstance(exc, (ConfigError, FileNotFoundError, WeightsUnavailableError)):
+            return str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,88 @@
+"""The `ftune` command line: help for every command, errors that name the setting or file at fault."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from pipeline import cli
+from pipeline.configs import ConfigError, load_config
+
+
+def ftune(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_every_command_has_help():
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"sample-data", "config", "ingest", "run", "report"} <= set(commands)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert len(sub.description or "") > 20, f"`ftune {name} --help` needs a description"
+        assert "usage: ftune" in text
+
+
+def test_config_overrides_are_typed_and_shown():
+    result = ftune("config", "--set", "trainer.phase1_epochs=3", "--set", "eval.accuracy_floor=0.75")
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["trainer"]["phase1_epochs"] == 3 and config["eval"]["accuracy_floor"] == 0.75
+
+
+@pytest.mark.parametrize("override, named", [
+    ("trainer.bogus=1", "trainer.bogus"),
+    ("trainer.learning_rate=fast", "trainer.learning_rate"),
+    ("data.eval_fraction=1.5", "data.eval_fraction"),
+    ("trainer.phase1_mode=sometimes", "trainer.phase1_mode"),
+])
+def test_bad_settings_are_errors_naming_the_key(override, named):
+    result = ftune("config", "--set", override)
+    assert result.returncode == 2
+    assert named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_file_is_merged_and_checked(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer:\n  base_model: efficientnet_b0\n  phase2_epochs: 0\npush:\n  keep_versions: 2\n")
+    config = load_config(str(good), ["trainer.phase2_epochs=4"])
+    assert (config.trainer.base_model, config.trainer.phase2_epochs, config.push.keep_versions) == (
+        "efficientnet_b0", 4, 2)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="trainer.epochs"):
+        load_config(str(bad))
+
+
+def test_missing_weights_file_stops_before_anything_runs(tmp_path):
+    result = ftune("run", "--pipeline-root", str(tmp_path / "root"), "--weights", str(tmp_path / "nope.h5"))
+    assert result.returncode == 2
+    assert "nope.h5" in result.stderr and "trainer.weights" in result.stderr
+    assert not (tmp_path / "root" / "sample_data").exists()
+
+
+def test_no_weights_and_no_network_is_a_clear_error(tmp_path):
+    """Without a file and without network, the ImageNet download fails: the error says how to supply weights."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "FTUNE_WEIGHTS"}
+    env["KERAS_HOME"] = str(tmp_path / "keras_home")  # an empty cache, so Keras really has to download
+    env["HTTPS_PROXY"] = env["HTTP_PROXY"] = "http://127.0.0.1:9"  # nothing listens there: fails at once
+    result = ftune("run", "--pipeline-root", str(tmp_path / "root"), env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "FTUNE_WEIGHTS" in result.stderr and "--weights" in result.stderr
+
+
+def test_missing_data_root_is_named(tmp_path):
+    result = ftune("ingest", "--pipeline-root", str(tmp_path / "root"), "--data-root", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "nothing" in result.stderr
+
+
+def test_unusable_data_is_reported_as_such(tmp_path):
+    (tmp_path / "data" / "only_class").mkdir(parents=True)
+    (tmp_path / "data" / "only_class" / "a.txt").write_text("x")
+    result = ftune("ingest", "--pipeline-root", str(tmp_path / "root"), "--data-root", str(tmp_path / "data"),
+                   "--set", 'beam_args=["--direct_running_mode=in_memory"]')
+    assert result.returncode == 2
+    assert "unusable data" in result.stderr and "at least 2" in result.stderr
