@@ -81,13 +81,25 @@ class _ProgressFilter(logging.Filter):
 
 
 def enable_progress_logging() -> None:
-    """Shows component progress on stderr with timestamps (absl's INFO level, filtered)."""
-    from absl import logging as absl_logging
+    """Shows component progress on stderr with timestamps, TFX's other INFO chatter filtered out.
 
-    absl_logging.set_verbosity(absl_logging.INFO)
-    handler = absl_logging.get_absl_handler()
+    TFX logs through absl, which propagates to Python's root logger; our components log to the root logger too.
+    So one filtered handler on the root logger sees both."""
+    import sys
+    import warnings
+
+    # Google client libraries warn about Python 3.10 on import, in every Beam worker process too.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[ftune] %(asctime)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_ProgressFilter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.INFO)
 
 
 def component_timings(config: PipelineConfig) -> Dict[str, Dict]:
