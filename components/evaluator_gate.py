@@ -55,7 +55,14 @@ def make_eval_config(num_classes: Optional[int], accuracy_floor: float, max_accu
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[
-                    tfma.MetricConfig(class_name=metric_name, threshold=threshold),
+                    # The gate looks at the overall slice only: the per-class slices are reported, but a class
+                    # with a handful of eval images must not block (or pass) a model on its own.
+                    tfma.MetricConfig(
+                        class_name=metric_name,
+                        per_slice_thresholds=[
+                            tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
+                        ],
+                    ),
                     tfma.MetricConfig(class_name="ExampleCount"),
                 ]
             )

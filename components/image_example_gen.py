@@ -335,7 +335,13 @@ class Executor(BaseExampleGenExecutor):
 
         report = build_report(examples.uri, input_base, input_config, class_names, quarantine_dir)
         report_path = write_report(examples, report)
-        check_usable(report, float(exec_properties[MAX_QUARANTINE_FRACTION_KEY]), report_path)
+        try:
+            check_usable(report, float(exec_properties[MAX_QUARANTINE_FRACTION_KEY]), report_path)
+        except DataUnusableError as exc:
+            # TFX deletes a failed execution's output folder, report included, exactly when people need the
+            # quarantine list: keep a copy beside it, and name that copy in the error.
+            kept = keep_failed_report(examples.uri, report)
+            raise DataUnusableError(str(exc).replace(report_path, kept)) from None
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -392,6 +398,17 @@ def write_report(examples: types.Artifact, report: Dict[str, Any]) -> str:
         {split: sum(c.values()) for split, c in report["accepted_per_split"].items()},
         report["quarantined_count"], path,
     )
+    return path
+
+
+def keep_failed_report(examples_uri: str, report: Dict[str, Any]) -> str:
+    """Writes the report to `<component dir>/failed_ingest_reports/<execution>.json` (outside the output
+    artifact, which TFX removes when the execution fails); returns the path."""
+    component_dir = os.path.dirname(os.path.dirname(examples_uri.rstrip("/")))
+    path = os.path.join(component_dir, "failed_ingest_reports", f"{os.path.basename(examples_uri.rstrip('/'))}.json")
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
     return path
 
 

@@ -35,7 +35,7 @@ def _load(args: argparse.Namespace) -> PipelineConfig:
         overrides.append(f"data.data_root={args.data_root}")
     if getattr(args, "weights", None):
         overrides.append(f"trainer.weights={args.weights}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides).absolute_paths()
 
 
 # --- commands ----------------------------------------------------------------------------------------------------

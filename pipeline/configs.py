@@ -156,6 +156,17 @@ class PipelineConfig:
     def serving_model_dir(self) -> str:
         return os.path.join(self.serving_dir, self.push.model_name)
 
+    def absolute_paths(self) -> "PipelineConfig":
+        """Makes local paths absolute (MLMD stores artifact URIs as given; relative ones break from another cwd).
+        URIs with a scheme (gs://, s3://) are left alone. Returns self."""
+        def absolute(path: str) -> str:
+            return path if not path or "://" in path else os.path.abspath(path)
+
+        self.pipeline_root = absolute(self.pipeline_root)
+        self.data.data_root = absolute(self.data.data_root)
+        self.push.serving_dir = absolute(self.push.serving_dir)
+        return self
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -156,7 +156,7 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
     from components.served_model_baseline import serving_state
     from pipeline.pipeline import create_pipeline
 
-    config.validate()
+    config.validate().absolute_paths()
     os.makedirs(config.pipeline_root, exist_ok=True)
     if stop_after != "ingest":
         preflight_weights(config, progress)

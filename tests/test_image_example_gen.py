@@ -13,6 +13,7 @@ from tfx.utils import proto_utils
 
 import image_corpus
 from conftest import IN_MEMORY_BEAM
+from components import evaluator_gate as eg_gate
 from components import image_example_gen as eg
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import latest_artifact_uri, run_local
@@ -127,7 +128,7 @@ def test_hash_split_ratio_on_many_files():
 def run_executor(tmp_path, data_root: str, max_quarantine_fraction: float = 0.1):
     """Runs the component's executor directly (the same Do the pipeline runs) and returns the output uri."""
     examples = standard_artifacts.Examples()
-    examples.uri = str(tmp_path / "out")
+    examples.uri = str(tmp_path / "ImageExampleGen" / "examples" / "7")  # TFX's <root>/<node>/<output>/<id>
     exec_properties = {
         standard_component_specs.INPUT_BASE_KEY: data_root,
         standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(
@@ -168,11 +169,26 @@ def test_quarantine_above_limit_fails_but_keeps_the_report(tmp_path):
     image_corpus.write_plain(str(tmp_path / "data"), {"a": 4, "b": 4})
     for i in range(3):
         (tmp_path / "data" / "a" / f"bad{i}.jpg").write_bytes(b"not an image")
-    with pytest.raises(eg.DataUnusableError, match=r"3 of 11 files .* quarantined.*max_quarantine_fraction"):
+    with pytest.raises(eg.DataUnusableError, match=r"3 of 11 files .* quarantined.*max_quarantine_fraction") as err:
         run_executor(tmp_path, str(tmp_path / "data"), max_quarantine_fraction=0.2)
-    with open(tmp_path / "out" / eg.REPORT_FILE) as f:
+    # TFX deletes a failed execution's output folder; the copy outside it survives and the error names it.
+    kept = tmp_path / "ImageExampleGen" / "failed_ingest_reports" / "7.json"
+    assert str(kept) in str(err.value)
+    with open(kept) as f:
         report = json.load(f)
     assert report["quarantined_count"] == 3 and report["accepted"] == 8
+    assert all(r["reason"].startswith("not an image") for r in report["quarantined"])
+
+
+def test_gate_thresholds_apply_to_the_overall_slice_only():
+    config = eg_gate.make_eval_config(num_classes=3, accuracy_floor=0.8, max_accuracy_drop=0.01)
+    (metric,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "SparseCategoricalAccuracy"]
+    assert not metric.HasField("threshold")
+    (per_slice,) = metric.per_slice_thresholds
+    assert list(per_slice.slicing_specs) == [eg_gate.tfma.SlicingSpec()]  # overall only
+    assert per_slice.threshold.value_threshold.lower_bound.value == 0.8
+    assert per_slice.threshold.change_threshold.absolute.value == pytest.approx(-0.01)
+    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["class_name"]]  # still reported per class
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path):
