@@ -99,7 +99,11 @@ def enable_progress_logging() -> None:
     handler.addFilter(_ProgressFilter())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.INFO)
+    # Through absl's API, not logging.getLogger("absl").setLevel: code that lowers the verbosity for a while
+    # (TFT while saving its graph) restores absl's own setting afterwards, which would otherwise be WARNING.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
 
 
 def component_timings(config: PipelineConfig) -> Dict[str, Dict]:
