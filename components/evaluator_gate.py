@@ -13,8 +13,12 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import types
+from tfx import v1 as tfx
 from tfx.components.evaluator import executor as evaluator_executor
-from tfx.types import standard_component_specs
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import json_utils, proto_utils
 
 from components.image_transform import CLASS_NAME_KEY, LABEL_KEY
 from components.served_model_baseline import is_served
@@ -70,14 +74,57 @@ def make_eval_config(num_classes: Optional[int], accuracy_floor: float, max_accu
     )
 
 
+# A per-run override of the floor (a Kubeflow run parameter): its own execution property, since TFX 1.16 cannot
+# parameterise a field inside eval_config.
+ACCURACY_FLOOR_KEY = "accuracy_floor"
+
+
+def with_accuracy_floor(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    floor = exec_properties.get(ACCURACY_FLOOR_KEY)
+    if floor is None:
+        return exec_properties
+    key = standard_component_specs.EVAL_CONFIG_KEY
+    eval_config = proto_utils.json_to_proto(exec_properties[key], tfma.EvalConfig())
+    for metrics_spec in eval_config.metrics_specs:
+        for metric in metrics_spec.metrics:
+            for threshold in [metric.threshold, *(t.threshold for t in metric.per_slice_thresholds)]:
+                if threshold.HasField("value_threshold"):
+                    threshold.value_threshold.lower_bound.value = floor
+    return {**exec_properties, key: proto_utils.proto_to_json(eval_config)}
+
+
 class Executor(evaluator_executor.Executor):
-    """TFX's Evaluator, minus a baseline that stands for "nothing served yet"."""
+    """TFX's Evaluator, minus a baseline that stands for "nothing served yet", plus the per-run floor."""
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
+        exec_properties = with_accuracy_floor(exec_properties)
         key = standard_component_specs.BASELINE_MODEL_KEY
         baseline = input_dict.get(key) or []
         if baseline and not is_served(baseline[0]):
             logging.info("Evaluator: no model served yet; evaluating against the accuracy floor only")
             input_dict = {k: v for k, v in input_dict.items() if k != key}
         super().Do(input_dict, output_dict, exec_properties)
+
+
+class GateSpec(standard_component_specs.EvaluatorSpec):
+    PARAMETERS = {
+        **standard_component_specs.EvaluatorSpec.PARAMETERS,
+        ACCURACY_FLOOR_KEY: ExecutionParameter(type=float, optional=True),
+    }
+
+
+class GatedEvaluator(tfx.components.Evaluator):
+    SPEC_CLASS = GateSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, *, examples, model, baseline_model, schema, eval_config, example_splits,
+                 accuracy_floor=None):
+        spec = GateSpec(
+            examples=examples, model=model, baseline_model=baseline_model, schema=schema, eval_config=eval_config,
+            example_splits=json_utils.dumps(example_splits), fairness_indicator_thresholds=json_utils.dumps(None),
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing), accuracy_floor=accuracy_floor,
+        )
+        # Evaluator.__init__ builds the stock EvaluatorSpec; skip it (as ImageExampleGen does).
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

@@ -17,7 +17,14 @@ from typing import Any, Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tfx import types
+from tfx import v1 as tfx
+from tfx.components.trainer import executor as trainer_executor
 from tfx.components.trainer.fn_args_utils import FnArgs
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+from tfx.utils import json_utils
 
 from components import image_transform
 from pipeline.configs import TrainerConfig
@@ -126,3 +133,51 @@ def write_model_files(model_root: str, export_dir: str, model_run_dir: str, hist
         json.dump(history, f, indent=2)
     tf.io.gfile.makedirs(model_run_dir)
     model.save(os.path.join(model_run_dir, KERAS_MODEL_FILE))
+
+
+# --- the component: TFX's Trainer plus per-run overrides --------------------------------------------------------
+
+# TrainerConfig fields a Kubeflow run may override as run parameters. TFX 1.16 can only make a *whole* execution
+# property a RuntimeParameter (nothing nested inside custom_config), so each overridable knob is its own
+# execution property; None keeps custom_config's value.
+RUNTIME_OVERRIDES = {"phase1_epochs": int, "phase2_epochs": int, "learning_rate": float}
+
+
+class FineTuneTrainerSpec(standard_component_specs.TrainerSpec):
+    PARAMETERS = {
+        **standard_component_specs.TrainerSpec.PARAMETERS,
+        **{name: ExecutionParameter(type=kind, optional=True) for name, kind in RUNTIME_OVERRIDES.items()},
+    }
+
+
+def apply_overrides(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    """exec_properties whose custom_config["trainer"] carries this run's overrides."""
+    custom = json_utils.loads(exec_properties.get("custom_config") or "null") or {}
+    trainer = dict(custom.get("trainer", {}))
+    for name in RUNTIME_OVERRIDES:
+        if exec_properties.get(name) is not None:
+            trainer[name] = exec_properties[name]
+    return {**exec_properties, "custom_config": json_utils.dumps({**custom, "trainer": trainer})}
+
+
+class FineTuneExecutor(trainer_executor.GenericExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        super().Do(input_dict, output_dict, apply_overrides(exec_properties))
+
+
+class FineTuneTrainer(tfx.components.Trainer):
+    SPEC_CLASS = FineTuneTrainerSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(FineTuneExecutor)
+
+    def __init__(self, *, examples, transform_graph, schema, run_fn, custom_config, train_args, eval_args,
+                 **overrides):
+        unknown = set(overrides) - set(RUNTIME_OVERRIDES)
+        if unknown:
+            raise TypeError(f"unknown trainer overrides {sorted(unknown)}")
+        spec = FineTuneTrainerSpec(
+            examples=examples, transform_graph=transform_graph, schema=schema, train_args=train_args,
+            eval_args=eval_args, run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
+            model=types.Channel(type=standard_artifacts.Model),
+            model_run=types.Channel(type=standard_artifacts.ModelRun), **overrides)
+        # Trainer.__init__ builds the stock TrainerSpec; skip it (as ImageExampleGen does).
+        base_component.BaseComponent.__init__(self, spec=spec)

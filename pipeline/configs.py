@@ -121,6 +121,10 @@ class KubeflowConfig:
     gpu_node_selector: Dict[str, str] = dataclasses.field(
         default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
     )
+    # Tolerations for the GPU pool's taints (key, operator, value, effect, tolerationSeconds); [] for none.
+    gpu_tolerations: List[Dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
     # Name of the PersistentVolumeClaim the Pusher writes to (and TF Serving reads from); empty for gs:// / s3://.
     serving_pvc: str = "ftune-models"
     serving_mount_path: str = "/models"

@@ -7,12 +7,12 @@ Modelled on TFX's templates: `create_pipeline` takes plain values, builds the co
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components import atomic_pusher, evaluator_gate
+from components import atomic_pusher, evaluator_gate, fine_tune_trainer
 from components.image_example_gen import ImageExampleGen
 from components.served_model_baseline import ServedModelBaseline
 from pipeline.configs import PipelineConfig
@@ -36,6 +36,7 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     num_classes: Optional[int] = None,
     serving_state: str = "",
+    runtime_parameters: Optional[Mapping[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -50,14 +51,17 @@ def create_pipeline(
       num_classes: number of classes when known at build time (picks binary vs. sparse categorical accuracy).
       serving_state: the served versions' fingerprint (ServedModelBaseline re-runs when it changes); "" when
         the runner cannot see the serving directory at build time (then disable caching for that node).
+      runtime_parameters: Kubeflow run parameters {name: RuntimeParameter} for data_root, phase1_epochs,
+        phase2_epochs, learning_rate, accuracy_floor; None locally (the config's values are used).
     """
     if stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
     data = config.data
     components = []
+    run_params = dict(runtime_parameters or {})
 
     example_gen = ImageExampleGen(
-        input_base=data_root,
+        input_base=run_params.get("data_root", data_root),
         split_mode=split_mode,
         train_dir=data.train_dir,
         eval_dir=data.eval_dir,
@@ -88,7 +92,7 @@ def create_pipeline(
         )
         components.append(transform)
 
-        trainer = tfx.components.Trainer(
+        trainer = fine_tune_trainer.FineTuneTrainer(
             run_fn=RUN_FN,
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
@@ -97,7 +101,8 @@ def create_pipeline(
             train_args=tfx.proto.TrainArgs(num_steps=0),
             eval_args=tfx.proto.EvalArgs(num_steps=0),
             custom_config={"trainer": dataclasses.asdict(config.trainer)},
-        )
+            **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},
+        ).with_id("Trainer")
         components.append(trainer)
 
     if stop_after == "push":
@@ -105,7 +110,7 @@ def create_pipeline(
         baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state)
         components.append(baseline)
 
-        evaluator = tfx.components.Evaluator(
+        evaluator = evaluator_gate.GatedEvaluator(
             examples=example_gen.outputs["examples"],
             example_splits=["eval"],
             model=trainer.outputs["model"],
@@ -114,8 +119,8 @@ def create_pipeline(
             eval_config=evaluator_gate.make_eval_config(
                 num_classes, config.eval.accuracy_floor, config.eval.max_accuracy_drop
             ),
+            accuracy_floor=run_params.get("accuracy_floor"),
         ).with_id("Evaluator")
-        evaluator.executor_spec = executor_spec.BeamExecutorSpec(evaluator_gate.Executor)
         components.append(evaluator)
 
         pusher = tfx.components.Pusher(
