@@ -20,9 +20,10 @@ from typing import Any, Dict, List
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.utils import io_utils, proto_utils
 
 from components.served_model_baseline import served_versions
 
@@ -30,12 +31,30 @@ KEEP_VERSIONS_KEY = "keep_versions"
 STAGING_PREFIX = ".staging-"
 
 
+def push(model_path: str, serving_model_dir: str) -> int:
+    """Pushes model_path as the next version of serving_model_dir; returns the version."""
+    if "://" in serving_model_dir:
+        return push_to_object_store(model_path, serving_model_dir)
+    return push_atomically(model_path, serving_model_dir)
+
+
+def push_to_object_store(model_path: str, serving_model_dir: str) -> int:
+    """gs:// or s3://: no atomic rename, so copy saved_model.pb last (TF Serving loads a version only once that
+    file exists), as TFX's own Pusher does."""
+    version = (served_versions(serving_model_dir) or [0])[-1] + 1
+    target = os.path.join(serving_model_dir, str(version))
+    io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb$"])
+    io_utils.copy_file(os.path.join(model_path, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
+    return version
+
+
 def push_atomically(model_path: str, serving_model_dir: str) -> int:
     """Copies model_path to serving_model_dir/<next version> via a staged rename; returns the version."""
     os.makedirs(serving_model_dir, exist_ok=True)
     staging = os.path.join(serving_model_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
     try:
-        shutil.copytree(model_path, staging)
+        # The model is an artifact (gs:// on Kubeflow): read it through TFX's filesystem layer.
+        io_utils.copy_dir(model_path, staging)
         _fsync_tree(staging)
         while True:
             version = (served_versions(serving_model_dir) or [0])[-1] + 1
@@ -58,14 +77,14 @@ def same_model_served(model_path: str, serving_model_dir: str) -> int:
     Re-running an unchanged pipeline re-evaluates against the served copy of the same model and blesses it;
     pushing it again would only add a duplicate version."""
     candidate = os.path.join(model_path, "fingerprint.pb")
-    if not os.path.isfile(candidate):
+    if not fileio.exists(candidate):
         return 0
-    with open(candidate, "rb") as f:
+    with fileio.open(candidate, "rb") as f:
         fingerprint = f.read()
     for version in reversed(served_versions(serving_model_dir)):
         served = os.path.join(serving_model_dir, str(version), "fingerprint.pb")
-        if os.path.isfile(served):
-            with open(served, "rb") as f:
+        if fileio.exists(served):
+            with fileio.open(served, "rb") as f:
                 if f.read() == fingerprint:
                     return version
     return 0
@@ -86,7 +105,7 @@ def prune_versions(serving_model_dir: str, keep: int) -> List[int]:
         return []
     doomed = versions[:-keep]
     for version in doomed:
-        shutil.rmtree(os.path.join(serving_model_dir, str(version)), ignore_errors=True)
+        fileio.rmtree(os.path.join(serving_model_dir, str(version)))
     return doomed
 
 
@@ -109,7 +128,7 @@ class Executor(pusher_executor.Executor):
             self._MarkPushed(model_push, pushed_destination=os.path.join(serving_model_dir, str(existing)),
                              pushed_version=str(existing))
             return
-        version = push_atomically(model_path, serving_model_dir)
+        version = push(model_path, serving_model_dir)
         custom_config = self._get_custom_config(exec_properties)
         pruned = prune_versions(serving_model_dir, int(custom_config.get(KEEP_VERSIONS_KEY, 0)))
         pushed = os.path.join(serving_model_dir, str(version))

@@ -97,7 +97,7 @@ def resolve_split_mode(data_root: str, split_mode: str, train_dir: str, eval_dir
     """`auto` means pre-split when both split folders exist under data_root, else hash."""
     if split_mode != "auto":
         return split_mode
-    both = all(os.path.isdir(os.path.join(data_root, d)) for d in (train_dir, eval_dir))
+    both = all(tf.io.gfile.isdir(os.path.join(data_root, d)) for d in (train_dir, eval_dir))
     return "presplit" if both else "hash"
 
 
@@ -112,14 +112,26 @@ def split_root_of(pattern: str) -> str:
 # --- listing ---------------------------------------------------------------------------------------------------
 
 
+# Local folders go through os (symlinks followed, so a dangling one is seen and quarantined); URIs such as
+# gs://bucket/images (the data root of a Kubeflow run) through tf.io.gfile.
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
 def list_classes(split_root: str) -> List[str]:
     """Sorted class folder names directly under split_root (hidden folders ignored)."""
-    if not os.path.isdir(split_root):
+    if not tf.io.gfile.isdir(split_root):
         raise DataUnusableError(f"image folder {split_root} does not exist or is not a directory")
     return sorted(
-        name for name in os.listdir(split_root)
-        if not name.startswith(".") and os.path.isdir(os.path.join(split_root, name))
+        name.rstrip("/") for name in tf.io.gfile.listdir(split_root)
+        if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(split_root, name))
     )
+
+
+def _walk(top: str):
+    return tf.io.gfile.walk(top) if _is_uri(top) else os.walk(top, followlinks=True)
 
 
 def list_files(split_root: str, classes: Iterable[str]) -> List[Tuple[str, str]]:
@@ -127,12 +139,31 @@ def list_files(split_root: str, classes: Iterable[str]) -> List[Tuple[str, str]]
     files = []
     for class_name in classes:
         class_dir = os.path.join(split_root, class_name)
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        for dirpath, dirnames, filenames in _walk(class_dir):
             dirnames.sort()
             for filename in sorted(filenames):
                 full = os.path.join(dirpath, filename)
-                files.append((class_name, os.path.relpath(full, split_root)))
+                files.append((class_name, full[len(split_root):].lstrip("/")))
     return files
+
+
+def read_file(path: str) -> bytes:
+    if _is_uri(path):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _size_and_mtime(path: str) -> Tuple[int, int]:
+    if _is_uri(path):
+        stat = tf.io.gfile.stat(path)
+        return stat.length, stat.mtime_nsec // 10**9
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = os.lstat(path)  # e.g. a dangling symlink: fingerprint the link, quarantine it later
+    return stat.st_size, int(stat.st_mtime)
 
 
 def check_layout(input_base: str, input_config: example_gen_pb2.Input) -> List[str]:
@@ -266,10 +297,9 @@ class _ReadAndInspect(beam.DoFn):
         # Relative to input_base, so names are unique across pre-split folders too (train/cats/1.jpg).
         rel_path = os.path.join(self._split_prefix, rel_path)
         try:
-            with open(full, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            data, info, reason = None, {}, f"unreadable: {exc.strerror or exc}"
+            data = read_file(full)
+        except (OSError, tf.errors.OpError) as exc:
+            data, info, reason = None, {}, f"unreadable: {getattr(exc, 'strerror', None) or _first_line(exc)}"
         else:
             data, info, reason = inspect_image(data, self._max_image_pixels)
         self._seen += 1
@@ -362,7 +392,7 @@ def build_report(examples_uri: str, input_base: str, input_config: example_gen_p
                  class_names: List[str], quarantine_dir: str) -> Dict[str, Any]:
     quarantined = []
     for path in sorted(tf.io.gfile.glob(os.path.join(quarantine_dir, "*.jsonl"))):
-        with open(path) as f:
+        with tf.io.gfile.GFile(path) as f:
             quarantined.extend(json.loads(line) for line in f if line.strip())
     quarantined.sort(key=lambda r: r["path"])
     accepted = {}
@@ -434,18 +464,14 @@ def fingerprint_split(input_base: str, split: example_gen_pb2.Input.Split) -> st
     """Like TFX's file fingerprint (count, bytes, mtimes, paths), but recursive below the class folders and
     tolerant of entries that cannot be stat'ed (a dangling symlink must reach the quarantine, not crash here)."""
     root = os.path.join(input_base, split_root_of(split.pattern))
-    classes = list_classes(root) if os.path.isdir(root) else []
+    classes = list_classes(root) if tf.io.gfile.isdir(root) else []
     digest = hashlib.sha256()
     total_bytes = 0
     files = list_files(root, classes)
     for _, rel_path in files:
-        path = os.path.join(root, rel_path)
-        try:
-            stat = os.stat(path)
-        except OSError:
-            stat = os.lstat(path)
-        total_bytes += stat.st_size
-        digest.update(f"{rel_path}|{stat.st_size}|{int(stat.st_mtime)}\n".encode())
+        size, mtime = _size_and_mtime(os.path.join(root, rel_path))
+        total_bytes += size
+        digest.update(f"{rel_path}|{size}|{mtime}\n".encode())
     return f"split:{split.name},num_files:{len(files)},total_bytes:{total_bytes},sha256:{digest.hexdigest()}"
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from typing import Any, Dict, List, Optional, Tuple
 
 from tfx import types
+from tfx.dsl.io import fileio
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.utils import io_utils
 
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
 SERVING_STATE_KEY = "serving_state"
@@ -35,11 +36,13 @@ def served_versions(serving_model_dir: str) -> List[int]:
     """Complete versions in TF Serving's layout: integer-named folders holding a saved_model.pb, ascending.
 
     Staging folders of an in-progress push have non-numeric names (TF Serving ignores them, and so do we)."""
-    if not os.path.isdir(serving_model_dir):
+    # fileio: the serving directory is a mounted volume or a gs:// / s3:// URI that TF Serving reads natively.
+    if not fileio.isdir(serving_model_dir):
         return []
     versions = []
-    for name in os.listdir(serving_model_dir):
-        if name.isdigit() and os.path.isfile(os.path.join(serving_model_dir, name, "saved_model.pb")):
+    for name in fileio.listdir(serving_model_dir):
+        name = name.rstrip("/")
+        if name.isdigit() and fileio.exists(os.path.join(serving_model_dir, name, "saved_model.pb")):
             versions.append(int(name))
     return sorted(versions)
 
@@ -58,8 +61,8 @@ def serving_state(serving_model_dir: str) -> str:
     unchanged: a model pushed by the previous run becomes the next run's baseline."""
     parts = []
     for version in served_versions(serving_model_dir):
-        stat = os.stat(os.path.join(serving_model_dir, str(version), "saved_model.pb"))
-        parts.append(f"{version}:{int(stat.st_mtime)}")
+        stat = fileio.stat(os.path.join(serving_model_dir, str(version), "saved_model.pb"))
+        parts.append(f"{version}:{int(stat.mtime_nsec // 10**9)}")
     return ",".join(parts) or "none"
 
 
@@ -72,10 +75,11 @@ class Executor(base_executor.BaseExecutor):
         if path is None:
             logging.info("ServedModelBaseline: nothing served under %s yet (first run)",
                          exec_properties[SERVING_MODEL_DIR_KEY])
-            os.makedirs(baseline.uri, exist_ok=True)
+            fileio.makedirs(baseline.uri)
             return
         baseline.set_string_custom_property(SERVED_PATH_PROPERTY, path)
-        shutil.copytree(path, os.path.join(baseline.uri, "Format-Serving"), dirs_exist_ok=True)
+        # Artifact URIs are gs:// on Kubeflow: copy with TFX's filesystem layer, not shutil.
+        io_utils.copy_dir(path, os.path.join(baseline.uri, "Format-Serving"))
         logging.info("ServedModelBaseline: baseline is served version %d (%s)", version, path)
 
 

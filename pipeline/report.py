@@ -425,7 +425,9 @@ def _thresholds(path: str) -> Dict[str, Any]:
     config = _read_json(path, "TFMA eval config").get("evalConfig", {})
     for spec in config.get("metricsSpecs", []):
         for metric in spec.get("metrics", []):
-            threshold = metric.get("threshold")
+            # The gate sets its threshold on the overall slice (per_slice_thresholds); plain `threshold` too.
+            per_slice = [t.get("threshold") for t in metric.get("perSliceThresholds", [])]
+            threshold = metric.get("threshold") or next((t for t in per_slice if t), None)
             if not threshold:
                 continue
             floor = threshold.get("valueThreshold", {}).get("lowerBound")
