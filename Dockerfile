@@ -32,8 +32,9 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 # The whole (filtered, see .dockerignore) source tree: the project is installed, not run from here.
 COPY . .
-# Every dependency at the version pinned in constraints.txt, the same set the tests run against.
-RUN pip install -c constraints.txt .
+# Every dependency at the version pinned in constraints.txt, the same set the tests run against, plus the
+# CUDA/cuDNN wheels (the gpu extra) so the Trainer uses the GPU on GPU nodes (harmless on CPU nodes).
+RUN pip install -c constraints.txt ".[gpu]"
 
 # ---- runtime -----------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -656,7 +656,8 @@ def test_dockerfile_base_images_are_pinned(dockerfile_commands):
 
 def test_dockerfile_installs_project_with_constraints(dockerfile_commands):
     runs = [cmd.value[0] for cmd in dockerfile_commands if cmd.cmd == "RUN"]
-    assert any(re.search(r"pip install (.* )?-c constraints\.txt(.* )? \.(\s|$)", run) for run in runs), runs
+    # The project itself (".") with the gpu extra (TF's pinned CUDA wheels), under the constraints.
+    assert any(re.search(r"pip install (.* )?-c constraints\.txt(.* )? \"?\.\[gpu\]\"?(\s|$)", run) for run in runs), runs
     assert "not built in ci" in (REPO / "Dockerfile").read_text().lower()
 
 
