@@ -1,0 +1,89 @@
+"""Where the pretrained weights of the base network come from.
+
+The setting is `trainer.weights`:
+
+- a local file path: the Keras weights file of the base (it must exist);
+- "imagenet": let `keras.applications` download the official ImageNet weights (needs network access);
+- "none": random initialisation (only useful for tests: a frozen random base gives a chance-level model);
+- "" (the default): the `FTUNE_WEIGHTS` environment variable if it is set, else "imagenet".
+
+A failed ImageNet download is an error, never a silent fallback to random weights: phase 1 trains only the
+head on top of the frozen base, so a random base would produce a chance-level model that still "trains".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Tuple
+
+import keras
+
+from pipeline.configs import ConfigError
+
+WEIGHTS_ENV_VAR = "FTUNE_WEIGHTS"
+IMAGENET = "imagenet"
+NO_WEIGHTS = "none"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The ImageNet weights could not be downloaded (typically: no network access)."""
+
+
+def resolve_weights(setting: str) -> Optional[str]:
+    """Turns the `trainer.weights` setting into what `keras.applications` accepts.
+
+    Returns "imagenet", an existing local file path, or None (random initialisation).
+    """
+    setting = (setting or "").strip()
+    if not setting:
+        from_env = os.environ.get(WEIGHTS_ENV_VAR, "").strip()
+        if from_env:
+            return _existing_file(from_env, source=f"the environment variable {WEIGHTS_ENV_VAR}")
+        return IMAGENET
+    if setting.lower() == IMAGENET:
+        return IMAGENET
+    if setting.lower() == NO_WEIGHTS:
+        return None
+    return _existing_file(setting, source="the config value trainer.weights")
+
+
+def _existing_file(path: str, source: str) -> str:
+    expanded = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(expanded):
+        raise ConfigError(
+            f"weights file {path!r} (from {source}) does not exist; trainer.weights must be an existing "
+            f"weights file, 'imagenet', 'none', or empty (then {WEIGHTS_ENV_VAR} or 'imagenet' is used)"
+        )
+    return expanded
+
+
+def build_base(
+    constructor: Callable[..., keras.Model],
+    input_shape: Tuple[int, int, int],
+    weights: Optional[str],
+    name: str = "base",
+) -> keras.Model:
+    """Builds a headless `keras.applications` base with `weights` as returned by `resolve_weights`.
+
+    Raises WeightsUnavailableError when `weights` is "imagenet" and the download fails.
+    """
+    try:
+        return constructor(input_shape=input_shape, include_top=False, weights=weights, name=name)
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception on URL fetch failures.
+        if weights != IMAGENET or not _is_download_failure(exc):
+            raise
+        raise WeightsUnavailableError(
+            "could not download the ImageNet weights for the base model "
+            f"({type(exc).__name__}: {exc}). Without network access, pass a local weights file with "
+            f"`--weights PATH` (config trainer.weights) or set the environment variable {WEIGHTS_ENV_VAR}=PATH. "
+            "Training on a randomly initialised frozen base would only give a chance-level model, "
+            "so there is no fallback."
+        ) from exc
+
+
+def _is_download_failure(exc: Exception) -> bool:
+    # ValueError/TypeError usually mean bad arguments (e.g. an input shape the base does not support), which
+    # must surface as they are; the exception is a corrupted (partial) download, reported as a ValueError.
+    if isinstance(exc, (ValueError, TypeError)):
+        return "corrupted" in str(exc).lower()
+    return True
