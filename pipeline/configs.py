@@ -79,6 +79,12 @@ class TrainerConfig:
     #   phase2_mode: "cached_prefix" caches the activations below the unfrozen block; "end_to_end" does not.
     phase1_mode: str = "cached_features"
     phase2_mode: str = "cached_prefix"
+    # Versions of each training image kept in the caches (the image, its flip, and rotated variants when
+    # rotation_factor > 0): cached modes approximate on-the-fly augmentation with these.
+    cache_variants: int = 4
+    # Phase-2 learning rate: "constant" (lr * fine_tune_lr_factor) or "cosine" (one epoch of warm-up to that
+    # value, then cosine decay to 0 over the phase).
+    phase2_lr_schedule: str = "constant"
     # Upper bound on the in-memory feature caches; above it the trainer falls back to end_to_end.
     cache_max_mb: int = 2048
     jit_compile: bool = False
@@ -193,6 +199,8 @@ class PipelineConfig:
         _check(t.phase1_mode in ("cached_features", "end_to_end"), "trainer.phase1_mode",
                "cached_features or end_to_end")
         _check(t.phase2_mode in ("cached_prefix", "end_to_end"), "trainer.phase2_mode", "cached_prefix or end_to_end")
+        _check(t.phase2_lr_schedule in ("constant", "cosine"), "trainer.phase2_lr_schedule", "constant or cosine")
+        _check(t.cache_variants >= 1, "trainer.cache_variants", "at least 1")
         _check(0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
         _check(0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
         _check(self.push.keep_versions >= 0, "push.keep_versions", "non-negative")

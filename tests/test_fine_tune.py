@@ -310,6 +310,11 @@ def test_two_phase_freezing_recompiling_and_history(modes):
     assert history["phase2_start_epoch"] == 2
     assert len(history["loss"]) == len(history["val_accuracy"]) == 4
     assert history["modes"] == {"phase1": modes[0], "phase2": modes[1]}
+    if modes == CACHED:
+        # 4 cached versions per training image (image, flip, 2 random flip+rotation draws), 1 per eval image.
+        sizes = history["cache"]["bytes"]
+        assert sizes["train_pooled"] == 4 * 32 * 1280 * 4 and sizes["eval_pooled"] == 16 * 1280 * 4
+        assert sizes["train_prefix"] == 4 * 32 * (2 * 2 * 96) * 4 and history["cache"]["cut_layer_index"] == 98
     assert set(history["final_accuracy"]) == {"phase1", "phase2"}
     assert set(history["wall_seconds"]) >= {"phase1", "phase2", "total"}
     json.loads(json.dumps(history))

@@ -57,6 +57,7 @@ DEFAULT_PHASE1_MODE = "cached_features"
 DEFAULT_PHASE2_MODE = "cached_prefix"
 DEFAULT_CACHE_MAX_MB = 2048
 DEFAULT_CACHE_VARIANTS = 4
+DEFAULT_PHASE2_LR_SCHEDULE = "constant"
 DEFAULT_JIT_COMPILE = False
 
 
@@ -221,7 +222,7 @@ def train_two_phase(
         # Recompile: a change of `trainable` only takes effect when the model is compiled again (the train
         # step is built for a fixed list of trainable variables), and the optimizer must start afresh at the
         # lower learning rate instead of carrying phase-1 moment estimates and learning rate.
-        compile_model(fitted, lr2, num_classes, jit_compile)
+        compile_model(fitted, _phase2_learning_rate(cfg, lr2, train_data), num_classes, jit_compile)
         history.phase_lr(2, optimizer_learning_rate(fitted))
         first_epoch = history.epochs_run
         fit_history = _fit(
@@ -244,6 +245,25 @@ def _mode(cfg: TrainerConfig, name: str, default: str, allowed: Tuple[str, ...])
     if value not in allowed:
         raise ConfigError(f"config value trainer.{name} must be one of {', '.join(allowed)}; got {value!r}")
     return value
+
+
+def _phase2_learning_rate(cfg: TrainerConfig, lr2: float, train_data):
+    """lr2 (`phase2_lr_schedule: constant`), or (`cosine`) a linear warm-up from 0 to lr2 over the first epoch
+    followed by a cosine decay to 0 at the end of the phase-2 epochs."""
+    schedule = getattr(cfg, "phase2_lr_schedule", DEFAULT_PHASE2_LR_SCHEDULE)
+    if schedule not in ("constant", "cosine"):
+        raise ConfigError(f"config value trainer.phase2_lr_schedule must be constant or cosine; got {schedule!r}")
+    if schedule == "constant":
+        return lr2
+    steps = len(train_data) if isinstance(train_data, keras.utils.PyDataset) else int(train_data.cardinality())
+    if steps <= 0:  # unknown length (e.g. a filtered dataset): no schedule to size
+        log.warning("phase2_lr_schedule=cosine needs a dataset of known length; using a constant learning rate")
+        return lr2
+    # The warm-up matters with Adam: its first steps move every unfrozen weight by about the full learning
+    # rate, whatever its gradient, which knocks the pretrained features off (eval accuracy drops for an epoch).
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps * max(cfg.phase2_epochs - 1, 1), warmup_target=lr2, warmup_steps=steps
+    )
 
 
 def _num_classes(model: keras.Model) -> int:
