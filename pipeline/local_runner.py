@@ -70,14 +70,14 @@ class _ProgressFilter(logging.Filter):
     """Lets through the lines a user follows a run by: component start/finish (TFX), cache hits, and the
     progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden."""
 
-    PREFIXES = ("Component ", "ImageExampleGen:", "Trainer:", "Evaluator:", "Pusher:", "ServedModelBaseline:",
-                "Fine-tune", "Phase")
+    PREFIXES = ("Component ", "A cached execution", "ImageExampleGen:", "Trainer:", "Evaluator:", "Pusher:",
+                "ServedModelBaseline:", "Fine-tune", "Phase")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.levelno >= logging.WARNING:
             return "quarantined" in message or record.levelno >= logging.ERROR
-        return message.startswith(self.PREFIXES) or "cached" in message.lower() and "execution" in message.lower()
+        return message.startswith(self.PREFIXES)
 
 
 def enable_progress_logging() -> None:

@@ -1,0 +1,165 @@
+"""Benchmark: the full pipeline vs. the tutorial's plain Keras recipe on cats-vs-dogs, same machine, same run.
+
+    .venv/bin/python benchmarks/cats_vs_dogs.py [--data DIR] [--weights FILE] [--output JSON] [--skip-baseline]
+
+1. `ftune run` on the pre-split folder (train/ for training, validation/ for evaluation), MobileNetV2-160,
+   ImageNet weights from a local file: ingestion to push, Evaluator-computed accuracy on the 1000 validation images;
+2. benchmarks/tutorial_baseline.py: the tutorial's recipe on the same data and weights;
+3. writes the JSON (accuracies, wall times, ratio, per-stage seconds, peak RSS of each process tree, machine,
+   versions, git commit).
+Each step runs in its own process tree, sampled every 0.5 s for its summed RSS (Beam workers included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = os.path.abspath(os.path.join(REPO, "..", "shared"))
+DEFAULT_DATA = os.path.join(SHARED, "datasets", "cats_and_dogs_filtered")
+DEFAULT_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.h5")
+DEFAULT_OUTPUT = os.path.join(HERE, "results", "cats_vs_dogs.json")
+# The pipeline's settings for this benchmark (everything else: the defaults in pipeline/configs.py).
+PIPELINE_SETTINGS = ["eval.accuracy_floor=0.9"]
+
+
+def run_measured(cmd: List[str], log_path: str) -> Dict[str, float]:
+    """Runs cmd, returns {'wall_s', 'peak_rss_mb'} (peak of the summed RSS over the process tree)."""
+    peak = [0]
+    with open(log_path, "w") as log:
+        started = time.time()
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample():
+            root = psutil.Process(process.pid)
+            while not done.is_set():
+                try:
+                    tree = [root] + root.children(recursive=True)
+                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+                except psutil.Error:
+                    pass
+                done.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+        wall = time.time() - started
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit code {code}; see {log_path}")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak[0] / 2**20)}
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": "none", "os": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> Dict[str, str]:
+    from importlib import metadata
+
+    names = ["tfx", "tensorflow", "keras", "tensorflow-transform", "tensorflow-model-analysis", "apache-beam"]
+    return {name: metadata.version(name) for name in names}
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
+        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                        text=True).strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Pipeline vs. the TF tutorial's recipe on cats vs dogs.")
+    parser.add_argument("--data", default=DEFAULT_DATA, help=f"pre-split image folder (default {DEFAULT_DATA})")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--work-dir", help="pipeline root and logs (default: a new temporary folder)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra pipeline setting (repeatable)")
+    parser.add_argument("--skip-baseline", action="store_true", help="run only the pipeline")
+    args = parser.parse_args()
+    for path in (args.data, args.weights):
+        if not os.path.exists(path):
+            raise SystemExit(f"not found: {path}")
+
+    work = args.work_dir or tempfile.mkdtemp(prefix="ftune-bench-")
+    os.makedirs(work, exist_ok=True)
+    root = os.path.join(work, "pipeline_root")
+    settings = PIPELINE_SETTINGS + args.overrides
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", args.data, "--pipeline-root", root,
+           "--weights", args.weights]
+    for item in settings:
+        cmd += ["--set", item]
+    print(f"[bench] pipeline: {' '.join(cmd)}", flush=True)
+    pipeline = run_measured(cmd, os.path.join(work, "pipeline.log"))
+
+    sys.path.insert(0, REPO)
+    from pipeline.configs import load_config
+    from pipeline.local_runner import component_timings
+    from pipeline.report import report_data
+
+    config = load_config(None, [f"pipeline_root={root}"])
+    data = report_data(config)
+    result = {
+        "pipeline_val_accuracy": data["gate"]["candidate_accuracy"],
+        "pipeline_phase_val_accuracy": data.get("training", {}).get("final_accuracy"),
+        "pipeline_wall_s": pipeline["wall_s"],
+        "pipeline_peak_rss_mb": pipeline["peak_rss_mb"],
+        "pipeline_stage_s": {k: v["seconds"] for k, v in component_timings(config).items()},
+        "pipeline_settings": settings,
+        "blessed": data["gate"]["blessed"],
+        "pushed": data.get("push"),
+    }
+    print(f"[bench] pipeline: {json.dumps(result)}", flush=True)
+
+    if not args.skip_baseline:
+        baseline_json = os.path.join(work, "baseline.json")
+        cmd = [sys.executable, os.path.join(HERE, "tutorial_baseline.py"), "--data", args.data,
+               "--weights", args.weights, "--output", baseline_json]
+        print("[bench] baseline: tutorial recipe", flush=True)
+        baseline = run_measured(cmd, os.path.join(work, "baseline.log"))
+        with open(baseline_json) as f:
+            recipe = json.load(f)
+        result.update({
+            "baseline_val_accuracy": recipe["phase2_val_accuracy"],
+            "baseline_phase1_val_accuracy": recipe["phase1_val_accuracy"],
+            "baseline_wall_s": baseline["wall_s"],
+            "baseline_peak_rss_mb": baseline["peak_rss_mb"],
+            "baseline_stage_s": {"phase1": round(recipe["phase1_s"], 1), "phase2": round(recipe["phase2_s"], 1)},
+            "wall_time_ratio": round(pipeline["wall_s"] / baseline["wall_s"], 3),
+        })
+    result.update({"machine": machine(), "versions": versions(), "git_commit": git_commit(),
+                   "data": args.data, "weights": args.weights, "work_dir": work,
+                   "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
