@@ -15,6 +15,8 @@ from conftest import pretrained_weights_path
 from pipeline.configs import ConfigError, TrainerConfig
 from trainer import weights as weights_mod
 from trainer.fine_tune import (
+    _CachedBatches,
+    _phase2_learning_rate,
     choose_prefix_cut,
     compile_model,
     freeze_base,
@@ -270,7 +272,7 @@ def test_two_phase_freezing_recompiling_and_history(modes):
     # Pretrained weights: in a random MobileNetV2 some ReLU6 layers saturate, so some unfrozen layers would get
     # no gradient at all and "only the unfrozen layers change" could not be told from "nothing trains".
     cfg = _config(weights=pretrained_weights_path(), phase1_mode=modes[0], phase2_mode=modes[1],
-                  learning_rate=1e-3, fine_tune_lr_factor=0.1)
+                  learning_rate=1e-3, fine_tune_lr_factor=0.1, cache_variants=4)
     keras.utils.set_random_seed(0)
     model, base = build_model(cfg, 2)
     images, labels = _random_data(32, 32, seed=0)
@@ -323,6 +325,18 @@ def test_two_phase_freezing_recompiling_and_history(modes):
     assert tuple(model.input.shape) == (None, 32, 32, 3) and tuple(model.output.shape) == (None, 1)
     assert [layer.name for layer in model.layers][-4:] == ["base", "pool", "dropout", "logits"]
     assert model.evaluate(eval_ds, verbose=0, return_dict=True)["accuracy"] >= 0.0
+
+
+def test_cosine_phase2_schedule_warms_up_to_lr2_then_decays():
+    cfg = _config(phase2_epochs=5, phase2_lr_schedule="cosine")
+    batches = _CachedBatches([np.zeros((100, 4), "float32")], np.zeros(100, "int32"), batch_size=10, seed=0)
+    schedule = _phase2_learning_rate(cfg, 1e-4, batches)  # 10 steps per epoch
+    value = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731
+    assert value(0) == 0.0 and value(5) == pytest.approx(5e-5) and value(10) == pytest.approx(1e-4)
+    assert value(30) == pytest.approx(5e-5, rel=1e-3) and value(50) == pytest.approx(0.0, abs=1e-9)
+    assert _phase2_learning_rate(_config(), 1e-4, batches) == 1e-4  # "constant", the default
+    with pytest.raises(ConfigError, match="trainer.phase2_lr_schedule"):
+        _phase2_learning_rate(_config(phase2_lr_schedule="step"), 1e-4, batches)
 
 
 def test_over_budget_cache_falls_back_to_end_to_end():
