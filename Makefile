@@ -23,10 +23,12 @@ for c in "$${PYTHON310:-}" python3.10 \
 done
 endef
 
-.PHONY: help setup demo test clean
+.PHONY: help setup demo test test-fast lint clean
 help:
 	@echo "make demo   set up, then run the whole pipeline on generated sample data"
 	@echo "make test   set up, then run the test suite"
+	@echo "make test-fast  the tests not marked slow (no whole-pipeline runs): minutes, for the edit loop"
+	@echo "make lint   ruff (style, errors) and lint-imports (the layer contracts in pyproject.toml)"
 	@echo "make setup  create $(VENV) (Python 3.10) and install the project with constraints.txt (idempotent)"
 
 setup: $(STAMP)
@@ -51,6 +53,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf outputs .pytest_cache

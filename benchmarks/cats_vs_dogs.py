@@ -71,8 +71,14 @@ def machine() -> Dict[str, object]:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "gpu": "none", "os": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": "none",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> Dict[str, str]:
@@ -85,8 +91,9 @@ def versions() -> Dict[str, str]:
 def git_commit() -> str:
     try:
         commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-        dirty = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                        text=True).strip()
+        dirty = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True
+        ).strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -98,8 +105,14 @@ def main() -> None:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
     parser.add_argument("--work-dir", help="pipeline root and logs (default: a new temporary folder)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra pipeline setting (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra pipeline setting (repeatable)",
+    )
     parser.add_argument("--skip-baseline", action="store_true", help="run only the pipeline")
     args = parser.parse_args()
     for path in (args.data, args.weights):
@@ -110,8 +123,18 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     root = os.path.join(work, "pipeline_root")
     settings = PIPELINE_SETTINGS + args.overrides
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", args.data, "--pipeline-root", root,
-           "--weights", args.weights]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "--data-root",
+        args.data,
+        "--pipeline-root",
+        root,
+        "--weights",
+        args.weights,
+    ]
     for item in settings:
         cmd += ["--set", item]
     print(f"[bench] pipeline: {' '.join(cmd)}", flush=True)
@@ -119,8 +142,8 @@ def main() -> None:
 
     sys.path.insert(0, REPO)
     from pipeline.configs import load_config
-    from pipeline.local_runner import component_timings
-    from pipeline.report import report_data
+    from pipeline.reporting.report import report_data
+    from pipeline.reporting.run_records import component_timings
 
     config = load_config(None, [f"pipeline_root={root}"])
     data = report_data(config)
@@ -138,23 +161,41 @@ def main() -> None:
 
     if not args.skip_baseline:
         baseline_json = os.path.join(work, "baseline.json")
-        cmd = [sys.executable, os.path.join(HERE, "tutorial_baseline.py"), "--data", args.data,
-               "--weights", args.weights, "--output", baseline_json]
+        cmd = [
+            sys.executable,
+            os.path.join(HERE, "tutorial_baseline.py"),
+            "--data",
+            args.data,
+            "--weights",
+            args.weights,
+            "--output",
+            baseline_json,
+        ]
         print("[bench] baseline: tutorial recipe", flush=True)
         baseline = run_measured(cmd, os.path.join(work, "baseline.log"))
         with open(baseline_json) as f:
             recipe = json.load(f)
-        result.update({
-            "baseline_val_accuracy": recipe["phase2_val_accuracy"],
-            "baseline_phase1_val_accuracy": recipe["phase1_val_accuracy"],
-            "baseline_wall_s": baseline["wall_s"],
-            "baseline_peak_rss_mb": baseline["peak_rss_mb"],
-            "baseline_stage_s": {"phase1": round(recipe["phase1_s"], 1), "phase2": round(recipe["phase2_s"], 1)},
-            "wall_time_ratio": round(pipeline["wall_s"] / baseline["wall_s"], 3),
-        })
-    result.update({"machine": machine(), "versions": versions(), "git_commit": git_commit(),
-                   "data": args.data, "weights": args.weights, "work_dir": work,
-                   "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
+        result.update(
+            {
+                "baseline_val_accuracy": recipe["phase2_val_accuracy"],
+                "baseline_phase1_val_accuracy": recipe["phase1_val_accuracy"],
+                "baseline_wall_s": baseline["wall_s"],
+                "baseline_peak_rss_mb": baseline["peak_rss_mb"],
+                "baseline_stage_s": {"phase1": round(recipe["phase1_s"], 1), "phase2": round(recipe["phase2_s"], 1)},
+                "wall_time_ratio": round(pipeline["wall_s"] / baseline["wall_s"], 3),
+            }
+        )
+    result.update(
+        {
+            "machine": machine(),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "data": args.data,
+            "weights": args.weights,
+            "work_dir": work,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+    )
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=2)

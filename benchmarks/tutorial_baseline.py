@@ -34,19 +34,22 @@ def main() -> None:
 
     started = time.time()
     train_dataset = keras.utils.image_dataset_from_directory(
-        os.path.join(args.data, "train"), shuffle=True, batch_size=BATCH_SIZE, image_size=IMG_SIZE)
+        os.path.join(args.data, "train"), shuffle=True, batch_size=BATCH_SIZE, image_size=IMG_SIZE
+    )
     validation_dataset = keras.utils.image_dataset_from_directory(
-        os.path.join(args.data, "validation"), shuffle=True, batch_size=BATCH_SIZE, image_size=IMG_SIZE)
+        os.path.join(args.data, "validation"), shuffle=True, batch_size=BATCH_SIZE, image_size=IMG_SIZE
+    )
     train_dataset = train_dataset.prefetch(buffer_size=tf.data.AUTOTUNE)
     validation_dataset = validation_dataset.prefetch(buffer_size=tf.data.AUTOTUNE)
 
-    data_augmentation = keras.Sequential([
-        keras.layers.RandomFlip("horizontal"),
-        keras.layers.RandomRotation(0.2),
-    ])
+    data_augmentation = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(0.2),
+        ]
+    )
     preprocess_input = keras.applications.mobilenet_v2.preprocess_input
-    base_model = keras.applications.MobileNetV2(input_shape=IMG_SIZE + (3,), include_top=False,
-                                                weights=args.weights)
+    base_model = keras.applications.MobileNetV2(input_shape=IMG_SIZE + (3,), include_top=False, weights=args.weights)
     base_model.trainable = False
 
     inputs = keras.Input(shape=(160, 160, 3))
@@ -58,9 +61,11 @@ def main() -> None:
     outputs = keras.layers.Dense(1)(x)
     model = keras.Model(inputs, outputs)
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=BASE_LEARNING_RATE),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.BinaryAccuracy(threshold=0, name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=BASE_LEARNING_RATE),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0, name="accuracy")],
+    )
     phase1_started = time.time()
     history = model.fit(train_dataset, epochs=INITIAL_EPOCHS, validation_data=validation_dataset, verbose=2)
     phase1_s = time.time() - phase1_started
@@ -68,12 +73,19 @@ def main() -> None:
     base_model.trainable = True
     for layer in base_model.layers[:FINE_TUNE_AT]:
         layer.trainable = False
-    model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                  optimizer=keras.optimizers.RMSprop(learning_rate=BASE_LEARNING_RATE / 10),
-                  metrics=[keras.metrics.BinaryAccuracy(threshold=0, name="accuracy")])
+    model.compile(
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.RMSprop(learning_rate=BASE_LEARNING_RATE / 10),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0, name="accuracy")],
+    )
     phase2_started = time.time()
-    history_fine = model.fit(train_dataset, epochs=INITIAL_EPOCHS + FINE_TUNE_EPOCHS,
-                             initial_epoch=len(history.epoch), validation_data=validation_dataset, verbose=2)
+    history_fine = model.fit(
+        train_dataset,
+        epochs=INITIAL_EPOCHS + FINE_TUNE_EPOCHS,
+        initial_epoch=len(history.epoch),
+        validation_data=validation_dataset,
+        verbose=2,
+    )
     phase2_s = time.time() - phase2_started
 
     result = {

@@ -9,7 +9,7 @@ included.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import tensorflow_model_analysis as tfma
 from tfx import types
@@ -20,25 +20,22 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
-from components.image_transform import CLASS_NAME_KEY, LABEL_KEY
 from components.served_model_baseline import is_served
-from serving.export import TF_EXAMPLE_SIGNATURE
+from serving.signatures import OUTPUT_PROBABILITIES, TF_EXAMPLE_SIGNATURE
+from trainer.features import CLASS_NAME_KEY, LABEL_KEY
 
 # A change threshold compares candidate - baseline against -max_drop; the epsilon makes "equal" pass with
 # max_drop = 0 despite float rounding.
 _EPSILON = 1e-10
 
 
-def accuracy_metric(num_classes: Optional[int]) -> tuple:
-    """(metric class name, prediction key): binary accuracy on P(class 1) for 2 classes, else sparse categorical
-    accuracy on the probability vector (also correct for 2 classes when the class count is unknown)."""
-    if num_classes == 2:
-        return "BinaryAccuracy", "score"
-    return "SparseCategoricalAccuracy", "probabilities"
+# One metric for any number of classes: the exported model always outputs a [N, C] probability vector (two
+# classes too), so the gate is the same whatever the data, locally and in the compiled Kubeflow spec.
+ACCURACY_METRIC = "SparseCategoricalAccuracy"
+PREDICTION_KEY = OUTPUT_PROBABILITIES
 
 
-def make_eval_config(num_classes: Optional[int], accuracy_floor: float, max_accuracy_drop: float) -> tfma.EvalConfig:
-    metric_name, prediction_key = accuracy_metric(num_classes)
+def make_eval_config(accuracy_floor: float, max_accuracy_drop: float) -> tfma.EvalConfig:
     threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_floor}),
         # Ignored when there is no baseline (first run), as in TFX.
@@ -47,8 +44,12 @@ def make_eval_config(num_classes: Optional[int], accuracy_floor: float, max_accu
             absolute={"value": -max_accuracy_drop - _EPSILON},
         ),
     )
-    model_spec = dict(signature_name=TF_EXAMPLE_SIGNATURE, label_key=LABEL_KEY, prediction_key=prediction_key,
-                      model_type=tfma.TF_GENERIC)
+    model_spec = dict(
+        signature_name=TF_EXAMPLE_SIGNATURE,
+        label_key=LABEL_KEY,
+        prediction_key=PREDICTION_KEY,
+        model_type=tfma.TF_GENERIC,
+    )
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(name="candidate", **model_spec),
@@ -62,7 +63,7 @@ def make_eval_config(num_classes: Optional[int], accuracy_floor: float, max_accu
                     # The gate looks at the overall slice only: the per-class slices are reported, but a class
                     # with a handful of eval images must not block (or pass) a model on its own.
                     tfma.MetricConfig(
-                        class_name=metric_name,
+                        class_name=ACCURACY_METRIC,
                         per_slice_thresholds=[
                             tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)
                         ],
@@ -96,8 +97,12 @@ def with_accuracy_floor(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
 class Executor(evaluator_executor.Executor):
     """TFX's Evaluator, minus a baseline that stands for "nothing served yet", plus the per-run floor."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         exec_properties = with_accuracy_floor(exec_properties)
         key = standard_component_specs.BASELINE_MODEL_KEY
         baseline = input_dict.get(key) or []
@@ -118,13 +123,18 @@ class GatedEvaluator(tfx.components.Evaluator):
     SPEC_CLASS = GateSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, *, examples, model, baseline_model, schema, eval_config, example_splits,
-                 accuracy_floor=None):
+    def __init__(self, *, examples, model, baseline_model, schema, eval_config, example_splits, accuracy_floor=None):
         spec = GateSpec(
-            examples=examples, model=model, baseline_model=baseline_model, schema=schema, eval_config=eval_config,
-            example_splits=json_utils.dumps(example_splits), fairness_indicator_thresholds=json_utils.dumps(None),
+            examples=examples,
+            model=model,
+            baseline_model=baseline_model,
+            schema=schema,
+            eval_config=eval_config,
+            example_splits=json_utils.dumps(example_splits),
+            fairness_indicator_thresholds=json_utils.dumps(None),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
-            blessing=types.Channel(type=standard_artifacts.ModelBlessing), accuracy_floor=accuracy_floor,
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+            accuracy_floor=accuracy_floor,
         )
         # Evaluator.__init__ builds the stock EvaluatorSpec; skip it (as ImageExampleGen does).
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

@@ -26,14 +26,14 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
-from components import image_transform
 from pipeline.configs import TrainerConfig
 from serving.export import export_saved_model
+from serving.signatures import ASSETS_EXTRA, LABELS_FILE
+from trainer import features
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
 
 HISTORY_FILE = "training_history.json"
-LABELS_FILE = "labels.txt"
 KERAS_MODEL_FILE = "model.keras"
 SHUFFLE_BUFFER = 4096
 
@@ -43,8 +43,14 @@ def trainer_config(custom_config: Dict[str, Any]) -> TrainerConfig:
     return TrainerConfig(**(custom_config or {}).get("trainer", {}))
 
 
-def make_dataset(files: List[str], tf_transform_output: tft.TFTransformOutput, image_size: int, batch_size: int,
-                 shuffle: bool, seed: int) -> tf.data.Dataset:
+def make_dataset(
+    files: List[str],
+    tf_transform_output: tft.TFTransformOutput,
+    image_size: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+) -> tf.data.Dataset:
     """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label)."""
     feature_spec = tf_transform_output.transformed_feature_spec()
     # TFX hands over file patterns (".../Split-train/*"); sorted for a reproducible order.
@@ -59,9 +65,9 @@ def make_dataset(files: List[str], tf_transform_output: tft.TFTransformOutput, i
         records = records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
 
     def parse(serialized):
-        features = tf.io.parse_example(serialized, feature_spec)
-        images = image_transform.parse_images(features[image_transform.TRANSFORMED_IMAGE_KEY], image_size)
-        return images, features[image_transform.LABEL_KEY]
+        parsed = tf.io.parse_example(serialized, feature_spec)
+        images = features.parse_images(parsed[features.TRANSFORMED_IMAGE_KEY], image_size)
+        return images, parsed[features.LABEL_KEY]
 
     return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -95,13 +101,15 @@ def run_fn(fn_args: FnArgs) -> None:
     cfg = trainer_config(fn_args.custom_config)
     tf.keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    class_names = image_transform.read_class_names(tf_transform_output)
+    class_names = features.read_class_names(tf_transform_output)
     logging.info("Trainer: %d classes %s, config %s", len(class_names), class_names, cfg)
 
-    train_ds = make_dataset(fn_args.train_files, tf_transform_output, cfg.image_size, cfg.batch_size,
-                            shuffle=True, seed=cfg.seed)
-    eval_ds = make_dataset(fn_args.eval_files, tf_transform_output, cfg.image_size, cfg.batch_size,
-                           shuffle=False, seed=cfg.seed)
+    train_ds = make_dataset(
+        fn_args.train_files, tf_transform_output, cfg.image_size, cfg.batch_size, shuffle=True, seed=cfg.seed
+    )
+    eval_ds = make_dataset(
+        fn_args.eval_files, tf_transform_output, cfg.image_size, cfg.batch_size, shuffle=False, seed=cfg.seed
+    )
 
     import keras
 
@@ -114,18 +122,25 @@ def run_fn(fn_args: FnArgs) -> None:
     history["class_names"] = class_names
 
     export_dir = fn_args.serving_model_dir
-    export_saved_model(model, tf_transform_output, class_names, cfg.image_size, export_dir,
-                       warmup_images=warmup_images(eval_ds, cfg.warmup_requests))
-    write_model_files(os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history,
-                      class_names, model)
-    logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir,
-                 history.get("final_accuracy"))
+    export_saved_model(
+        model,
+        tf_transform_output,
+        class_names,
+        cfg.image_size,
+        export_dir,
+        warmup_images=warmup_images(eval_ds, cfg.warmup_requests),
+    )
+    write_model_files(
+        os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history, class_names, model
+    )
+    logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir, history.get("final_accuracy"))
 
 
-def write_model_files(model_root: str, export_dir: str, model_run_dir: str, history: Dict[str, Any],
-                      class_names: List[str], model) -> None:
+def write_model_files(
+    model_root: str, export_dir: str, model_run_dir: str, history: Dict[str, Any], class_names: List[str], model
+) -> None:
     labels = "".join(f"{name}\n" for name in class_names)
-    for directory in (model_root, os.path.join(export_dir, "assets.extra")):
+    for directory in (model_root, os.path.join(export_dir, ASSETS_EXTRA)):
         tf.io.gfile.makedirs(directory)
         with tf.io.gfile.GFile(os.path.join(directory, LABELS_FILE), "w") as f:
             f.write(labels)
@@ -169,15 +184,21 @@ class FineTuneTrainer(tfx.components.Trainer):
     SPEC_CLASS = FineTuneTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(FineTuneExecutor)
 
-    def __init__(self, *, examples, transform_graph, schema, run_fn, custom_config, train_args, eval_args,
-                 **overrides):
+    def __init__(self, *, examples, transform_graph, schema, run_fn, custom_config, train_args, eval_args, **overrides):
         unknown = set(overrides) - set(RUNTIME_OVERRIDES)
         if unknown:
             raise TypeError(f"unknown trainer overrides {sorted(unknown)}")
         spec = FineTuneTrainerSpec(
-            examples=examples, transform_graph=transform_graph, schema=schema, train_args=train_args,
-            eval_args=eval_args, run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
+            examples=examples,
+            transform_graph=transform_graph,
+            schema=schema,
+            train_args=train_args,
+            eval_args=eval_args,
+            run_fn=run_fn,
+            custom_config=json_utils.dumps(custom_config),
             model=types.Channel(type=standard_artifacts.Model),
-            model_run=types.Channel(type=standard_artifacts.ModelRun), **overrides)
+            model_run=types.Channel(type=standard_artifacts.ModelRun),
+            **overrides,
+        )
         # Trainer.__init__ builds the stock TrainerSpec; skip it (as ImageExampleGen does).
         base_component.BaseComponent.__init__(self, spec=spec)

@@ -125,7 +125,8 @@ def list_classes(split_root: str) -> List[str]:
     if not tf.io.gfile.isdir(split_root):
         raise DataUnusableError(f"image folder {split_root} does not exist or is not a directory")
     return sorted(
-        name.rstrip("/") for name in tf.io.gfile.listdir(split_root)
+        name.rstrip("/")
+        for name in tf.io.gfile.listdir(split_root)
         if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(split_root, name))
     )
 
@@ -143,7 +144,7 @@ def list_files(split_root: str, classes: Iterable[str]) -> List[Tuple[str, str]]
             dirnames.sort()
             for filename in sorted(filenames):
                 full = os.path.join(dirpath, filename)
-                files.append((class_name, full[len(split_root):].lstrip("/")))
+                files.append((class_name, full[len(split_root) :].lstrip("/")))
     return files
 
 
@@ -216,9 +217,13 @@ def inspect_image(data: bytes, max_image_pixels: int) -> Tuple[Optional[bytes], 
         return None, {}, f"invalid dimensions {width}x{height}"
     # Checked from the header, before decoding: a tiny file can claim billions of pixels.
     if width * height > max_image_pixels:
-        return None, {}, (
-            f"absurd dimensions {width}x{height} ({width * height} pixels > data.max_image_pixels="
-            f"{max_image_pixels})"
+        return (
+            None,
+            {},
+            (
+                f"absurd dimensions {width}x{height} ({width * height} pixels > data.max_image_pixels="
+                f"{max_image_pixels})"
+            ),
         )
     try:
         image.load()  # full decode: raises on truncated or corrupt data
@@ -280,8 +285,9 @@ class _ReadAndInspect(beam.DoFn):
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, split_root: str, split_prefix: str, split_name: str, class_names: List[str],
-                 max_image_pixels: int):
+    def __init__(
+        self, split_root: str, split_prefix: str, split_name: str, class_names: List[str], max_image_pixels: int
+    ):
         self._split_root = split_root
         self._split_prefix = split_prefix
         self._split_name = split_name
@@ -330,8 +336,11 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], s
     results = (
         pipeline
         | "ListFiles" >> beam.Create(files, reshuffle=True)
-        | "ReadAndInspect" >> beam.ParDo(
-            _ReadAndInspect(split_root, split_prefix, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY]))
+        | "ReadAndInspect"
+        >> beam.ParDo(
+            _ReadAndInspect(
+                split_root, split_prefix, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY])
+            )
         ).with_outputs(_ReadAndInspect.QUARANTINE, main="examples")
     )
     _ = results[_ReadAndInspect.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
@@ -347,8 +356,12 @@ class Executor(BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _ImagesToExample
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
@@ -388,8 +401,9 @@ def count_examples(split_uri: str) -> Dict[str, int]:
     return counts
 
 
-def build_report(examples_uri: str, input_base: str, input_config: example_gen_pb2.Input,
-                 class_names: List[str], quarantine_dir: str) -> Dict[str, Any]:
+def build_report(
+    examples_uri: str, input_base: str, input_config: example_gen_pb2.Input, class_names: List[str], quarantine_dir: str
+) -> Dict[str, Any]:
     quarantined = []
     for path in sorted(tf.io.gfile.glob(os.path.join(quarantine_dir, "*.jsonl"))):
         with tf.io.gfile.GFile(path) as f:
@@ -399,7 +413,7 @@ def build_report(examples_uri: str, input_base: str, input_config: example_gen_p
     for split_dir in sorted(tf.io.gfile.listdir(examples_uri)):
         split_dir = split_dir.rstrip("/")
         if split_dir.startswith("Split-"):
-            accepted[split_dir[len("Split-"):]] = count_examples(os.path.join(examples_uri, split_dir))
+            accepted[split_dir[len("Split-") :]] = count_examples(os.path.join(examples_uri, split_dir))
     n_accepted = sum(sum(c.values()) for c in accepted.values())
     scanned = n_accepted + len(quarantined)
     return {
@@ -424,9 +438,11 @@ def write_report(examples: types.Artifact, report: Dict[str, Any]) -> str:
     examples.set_int_custom_property("quarantined_count", report["quarantined_count"])
     logging.info(
         "ImageExampleGen: scanned %d files: %d accepted %s, %d quarantined (report: %s)",
-        report["scanned"], report["accepted"],
+        report["scanned"],
+        report["accepted"],
         {split: sum(c.values()) for split, c in report["accepted_per_split"].items()},
-        report["quarantined_count"], path,
+        report["quarantined_count"],
+        path,
     )
     return path
 
@@ -505,9 +521,16 @@ class ImageExampleGen(FileBasedExampleGen):
     DRIVER_CLASS = ImageFolderDriver
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, input_base: str, split_mode: str = "hash", train_dir: str = "train",
-                 eval_dir: str = "validation", eval_fraction: float = 0.2, max_quarantine_fraction: float = 0.1,
-                 max_image_pixels: int = 50_000_000):
+    def __init__(
+        self,
+        input_base: str,
+        split_mode: str = "hash",
+        train_dir: str = "train",
+        eval_dir: str = "validation",
+        eval_fraction: float = 0.2,
+        max_quarantine_fraction: float = 0.1,
+        max_image_pixels: int = 50_000_000,
+    ):
         input_config = make_input_config(split_mode, train_dir, eval_dir)
         output_config = make_output_config(split_mode, eval_fraction)
         spec = ImageExampleGenSpec(
@@ -522,4 +545,3 @@ class ImageExampleGen(FileBasedExampleGen):
         )
         # Skip FileBasedExampleGen.__init__ (it builds the stock spec); the base class does the rest.
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
-

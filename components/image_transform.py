@@ -1,20 +1,9 @@
 """Transform module file: decode + resize, the same graph in training and inside the serving signature.
 
 `preprocessing_fn` runs in TFT (Beam) to materialise the training data, and TFT saves it as the transform graph
-that the exported model calls on raw request bytes. So an image is decoded and resized by exactly one piece of
-code, whichever path it takes: there is no second copy of the preprocessing to drift.
-
-Output features:
-  image_raw  string  the resized image as a serialized uint8 [S, S, 3] tensor (`tf.io.serialize_tensor`).
-                     Why not float32: 160x160x3 floats are ~300 KB per example (and gzip-compressed by TFT), the
-                     uint8 tensor is ~77 KB and decodes with a memcpy. Pixel values stay in [0, 255]; the
-                     base-model-specific scaling (e.g. MobileNetV2's [-1, 1]) lives inside the Keras model, next to
-                     the base it belongs to (Keras guide).
-  label      int64   passed through.
-  file_name  string  passed through (traceability; not a model input).
-
-It also records the label vocabulary as a TFT asset (`class_names`): entries `<label id>:<class name>`, so that
-serving can map class ids to names without any file travelling beside the model.
+that the exported model calls on raw request bytes. The codec itself lives in trainer/features.py; this file is
+only the TFX module file that wires it into Transform. It also records the label vocabulary as a TFT asset
+(`class_names`): entries `<label id>:<class name>`, so serving maps class ids to names without any side file.
 """
 
 from typing import Any, Dict
@@ -22,45 +11,19 @@ from typing import Any, Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-CLASS_NAME_KEY = "class_name"
-FILE_NAME_KEY = "file_name"
-TRANSFORMED_IMAGE_KEY = "image_raw"
-CLASS_VOCAB_NAME = "class_names"
-DEFAULT_IMAGE_SIZE = 160
+from trainer.features import (
+    CLASS_NAME_KEY,
+    CLASS_VOCAB_NAME,
+    FILE_NAME_KEY,
+    IMAGE_KEY,
+    LABEL_KEY,
+    TRANSFORMED_IMAGE_KEY,
+    decode_and_resize,
+    serialize_images,
+)
 
-
-def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-    """[batch] encoded images (JPEG/PNG/GIF/BMP) -> [batch, S, S, 3] uint8, RGB."""
-
-    def one(encoded: tf.Tensor) -> tf.Tensor:
-        # channels=3: grayscale is replicated, alpha dropped; 16-bit PNGs are scaled to 8 bits by TF.
-        # expand_animations=False: a GIF yields its first frame as a 3-D image.
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        # Bilinear resize without keeping the aspect ratio: what the TF tutorial's image_dataset_from_directory does.
-        image = tf.image.resize(image, [image_size, image_size], method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
-
-
-def serialize_images(images: tf.Tensor) -> tf.Tensor:
-    """[batch, S, S, 3] uint8 -> [batch] string (one serialized tensor each)."""
-    return tf.map_fn(tf.io.serialize_tensor, images, fn_output_signature=tf.TensorSpec([], tf.string))
-
-
-def parse_images(serialized: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Inverse of serialize_images, to float32 in [0, 255]: [batch] string -> [batch, S, S, 3]."""
-
-    def one(blob: tf.Tensor) -> tf.Tensor:
-        image = tf.io.parse_tensor(blob, out_type=tf.uint8)
-        image.set_shape([image_size, image_size, 3])
-        return image
-
-    images = tf.map_fn(one, serialized, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
-    return tf.cast(images, tf.float32)
+# The pipeline always passes it (custom_config={"image_size": config.trainer.image_size}); no default here.
+IMAGE_SIZE_KEY = "image_size"
 
 
 def _flatten(tensor: tf.Tensor) -> tf.Tensor:
@@ -69,7 +32,7 @@ def _flatten(tensor: tf.Tensor) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
-    image_size = int(custom_config.get("image_size", DEFAULT_IMAGE_SIZE))
+    image_size = int(custom_config[IMAGE_SIZE_KEY])
     images = decode_and_resize(_flatten(inputs[IMAGE_KEY]), image_size)
     outputs = {TRANSFORMED_IMAGE_KEY: serialize_images(images)}
     if FILE_NAME_KEY in inputs:
@@ -83,18 +46,3 @@ def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]
         tagged = tf.strings.join([tf.strings.as_string(label), _flatten(inputs[CLASS_NAME_KEY])], separator=":")
         tft.vocabulary(tagged, vocab_filename=CLASS_VOCAB_NAME)
     return outputs
-
-
-def read_class_names(tf_transform_output: tft.TFTransformOutput) -> list:
-    """Class names ordered by label id, from the transform graph's `class_names` asset."""
-    path = tf_transform_output.vocabulary_file_by_name(CLASS_VOCAB_NAME)
-    by_id = {}
-    with tf.io.gfile.GFile(path) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line:
-                label, _, name = line.partition(":")
-                by_id[int(label)] = name
-    if sorted(by_id) != list(range(len(by_id))):
-        raise ValueError(f"label vocabulary {path} is not a contiguous 0..N-1 range: {sorted(by_id)}")
-    return [by_id[i] for i in range(len(by_id))]

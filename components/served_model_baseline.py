@@ -15,66 +15,38 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 from tfx import types
-from tfx.dsl.io import fileio
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
+
+from serving.model_versions import NO_SERVED_VERSION, latest_served
 
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
 SERVING_STATE_KEY = "serving_state"
 BASELINE_MODEL_KEY = "baseline_model"
 SERVED_VERSION_PROPERTY = "served_version"
 SERVED_PATH_PROPERTY = "served_path"
-NO_SERVED_VERSION = -1
-
-
-def served_versions(serving_model_dir: str) -> List[int]:
-    """Complete versions in TF Serving's layout: integer-named folders holding a saved_model.pb, ascending.
-
-    Staging folders of an in-progress push have non-numeric names (TF Serving ignores them, and so do we)."""
-    # fileio: the serving directory is a mounted volume or a gs:// / s3:// URI that TF Serving reads natively.
-    if not fileio.isdir(serving_model_dir):
-        return []
-    versions = []
-    for name in fileio.listdir(serving_model_dir):
-        name = name.rstrip("/")
-        if name.isdigit() and fileio.exists(os.path.join(serving_model_dir, name, "saved_model.pb")):
-            versions.append(int(name))
-    return sorted(versions)
-
-
-def latest_served(serving_model_dir: str) -> Tuple[int, Optional[str]]:
-    versions = served_versions(serving_model_dir)
-    if not versions:
-        return NO_SERVED_VERSION, None
-    return versions[-1], os.path.join(serving_model_dir, str(versions[-1]))
-
-
-def serving_state(serving_model_dir: str) -> str:
-    """A string that changes whenever the served versions change.
-
-    It is an execution property, so the component's cached result is reused only while the serving directory is
-    unchanged: a model pushed by the previous run becomes the next run's baseline."""
-    parts = []
-    for version in served_versions(serving_model_dir):
-        stat = fileio.stat(os.path.join(serving_model_dir, str(version), "saved_model.pb"))
-        parts.append(f"{version}:{int(stat.mtime_nsec // 10**9)}")
-    return ",".join(parts) or "none"
 
 
 class Executor(base_executor.BaseExecutor):
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         baseline = artifact_utils.get_single_instance(output_dict[BASELINE_MODEL_KEY])
         version, path = latest_served(exec_properties[SERVING_MODEL_DIR_KEY])
         baseline.set_int_custom_property(SERVED_VERSION_PROPERTY, version)
         if path is None:
-            logging.info("ServedModelBaseline: nothing served under %s yet (first run)",
-                         exec_properties[SERVING_MODEL_DIR_KEY])
+            logging.info(
+                "ServedModelBaseline: nothing served under %s yet (first run)", exec_properties[SERVING_MODEL_DIR_KEY]
+            )
             fileio.makedirs(baseline.uri)
             return
         baseline.set_string_custom_property(SERVED_PATH_PROPERTY, path)

@@ -13,12 +13,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
 PIPELINE_NAME = "ftune"
+
+# The `keras.applications` bases the trainer can build, with the number of layers each has without its top
+# (include_top=False), so that `trainer.fine_tune_at` is checked when the settings are loaded, before any
+# component runs. trainer/model.py maps the same names to constructors; a test keeps the two in step.
+BASE_MODEL_LAYERS: Dict[str, int] = {
+    "mobilenet_v2": 154,
+    "efficientnet_b0": 237,
+    "xception": 132,
+    "resnet50": 175,
+}
+PHASE1_MODES = ("cached_features", "end_to_end")
+PHASE2_MODES = ("cached_prefix", "end_to_end")
+PHASE2_LR_SCHEDULES = ("constant", "cosine")
+SPLIT_MODES = ("auto", "hash", "presplit")
+# Beam arguments used when `beam_args` is empty: the DirectRunner in multi-process mode, on every local core
+# (0 = all) or on 4 worker processes inside a Kubeflow pod, whose CPU request the spec sets.
+LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+KUBEFLOW_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=4")
+# A model name becomes a folder under the serving directory and a TF Serving model name.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ConfigError(ValueError):
@@ -52,7 +74,7 @@ class DataConfig:
 class TrainerConfig:
     """Freeze-then-fine-tune transfer learning (Transform + Trainer)."""
 
-    # keras.applications base: mobilenet_v2 | efficientnet_b0 | xception | resnet50
+    # keras.applications base, one of BASE_MODEL_LAYERS: mobilenet_v2 | efficientnet_b0 | xception | resnet50
     base_model: str = "mobilenet_v2"
     # "imagenet", a local weights file path, "none", or "" to resolve: FTUNE_WEIGHTS env var, then "imagenet".
     weights: str = ""
@@ -166,9 +188,10 @@ class PipelineConfig:
     def serving_model_dir(self) -> str:
         return os.path.join(self.serving_dir, self.push.model_name)
 
-    def absolute_paths(self) -> "PipelineConfig":
+    def absolute_paths(self) -> PipelineConfig:
         """Makes local paths absolute (MLMD stores artifact URIs as given; relative ones break from another cwd).
         URIs with a scheme (gs://, s3://) are left alone. Returns self."""
+
         def absolute(path: str) -> str:
             return path if not path or "://" in path else os.path.abspath(path)
 
@@ -180,36 +203,105 @@ class PipelineConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "PipelineConfig":
-        """Checks values that would otherwise fail deep inside a component; returns self."""
-        d, t, e = self.data, self.trainer, self.eval
-        _check(d.split_mode in ("auto", "hash", "presplit"), "data.split_mode", "auto, hash or presplit")
-        _check(0.0 < d.eval_fraction < 1.0, "data.eval_fraction", "between 0 and 1 (exclusive)")
-        _check(0.0 <= d.max_quarantine_fraction <= 1.0, "data.max_quarantine_fraction", "between 0 and 1")
-        _check(d.max_image_pixels > 0, "data.max_image_pixels", "positive")
-        _check(d.sample_classes >= 2, "data.sample_classes", "at least 2")
-        _check(d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
-        _check(t.image_size >= 32, "trainer.image_size", "at least 32")
-        _check(t.batch_size >= 1, "trainer.batch_size", "at least 1")
-        _check(t.phase1_epochs >= 0 and t.phase2_epochs >= 0, "trainer.phase*_epochs", "non-negative")
-        _check(t.learning_rate > 0, "trainer.learning_rate", "positive")
-        _check(0 < t.fine_tune_lr_factor <= 1, "trainer.fine_tune_lr_factor", "in (0, 1]")
-        _check(t.fine_tune_at > 0, "trainer.fine_tune_at", "a layer index >= 1 or a fraction in (0, 1)")
-        _check(0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)")
-        _check(t.phase1_mode in ("cached_features", "end_to_end"), "trainer.phase1_mode",
-               "cached_features or end_to_end")
-        _check(t.phase2_mode in ("cached_prefix", "end_to_end"), "trainer.phase2_mode", "cached_prefix or end_to_end")
-        _check(t.phase2_lr_schedule in ("constant", "cosine"), "trainer.phase2_lr_schedule", "constant or cosine")
-        _check(t.cache_variants >= 1, "trainer.cache_variants", "at least 1")
-        _check(0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
-        _check(0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
-        _check(self.push.keep_versions >= 0, "push.keep_versions", "non-negative")
+    def validate(self) -> PipelineConfig:
+        """Checks every value when the settings are loaded, so that a wrong one fails before ingestion instead
+        of deep inside a component. The message names the key, what it allows, and the value given. Returns self."""
+        _check_finite(self)
+        d, t, e, p = self.data, self.trainer, self.eval, self.push
+        _check(
+            self.pipeline_name,
+            bool(_MODEL_NAME.match(self.pipeline_name)),
+            "pipeline_name",
+            "letters, digits, '_', '.' or '-'",
+        )
+        _check(self.pipeline_root, bool(self.pipeline_root), "pipeline_root", "a non-empty path")
+        _check(d.split_mode, d.split_mode in SPLIT_MODES, "data.split_mode", _one_of(SPLIT_MODES))
+        _check(d.eval_fraction, 0.0 < d.eval_fraction < 1.0, "data.eval_fraction", "between 0 and 1 (exclusive)")
+        _check(
+            d.max_quarantine_fraction,
+            0.0 <= d.max_quarantine_fraction <= 1.0,
+            "data.max_quarantine_fraction",
+            "between 0 and 1",
+        )
+        _check(d.max_image_pixels, d.max_image_pixels > 0, "data.max_image_pixels", "positive")
+        _check(d.sample_classes, d.sample_classes >= 2, "data.sample_classes", "at least 2")
+        _check(d.sample_per_class, d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
+        _check(t.base_model, t.base_model in BASE_MODEL_LAYERS, "trainer.base_model", _one_of(BASE_MODEL_LAYERS))
+        _check(t.image_size, t.image_size >= 32, "trainer.image_size", "at least 32")
+        _check(t.batch_size, t.batch_size >= 1, "trainer.batch_size", "at least 1")
+        _check(t.phase1_epochs, t.phase1_epochs >= 0, "trainer.phase1_epochs", "non-negative")
+        _check(t.phase2_epochs, t.phase2_epochs >= 0, "trainer.phase2_epochs", "non-negative")
+        _check(t.learning_rate, t.learning_rate > 0, "trainer.learning_rate", "positive")
+        _check(t.fine_tune_lr_factor, 0 < t.fine_tune_lr_factor <= 1, "trainer.fine_tune_lr_factor", "in (0, 1]")
+        _check_fine_tune_at(t)
+        _check(
+            t.early_stopping_patience, t.early_stopping_patience >= 0, "trainer.early_stopping_patience", "non-negative"
+        )
+        _check(t.dropout, 0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)")
+        _check(t.rotation_factor, 0 <= t.rotation_factor <= 1, "trainer.rotation_factor", "in [0, 1]")
+        _check(t.phase1_mode, t.phase1_mode in PHASE1_MODES, "trainer.phase1_mode", _one_of(PHASE1_MODES))
+        _check(t.phase2_mode, t.phase2_mode in PHASE2_MODES, "trainer.phase2_mode", _one_of(PHASE2_MODES))
+        _check(
+            t.phase2_lr_schedule,
+            t.phase2_lr_schedule in PHASE2_LR_SCHEDULES,
+            "trainer.phase2_lr_schedule",
+            _one_of(PHASE2_LR_SCHEDULES),
+        )
+        _check(t.cache_variants, t.cache_variants >= 1, "trainer.cache_variants", "at least 1")
+        _check(t.cache_max_mb, t.cache_max_mb >= 0, "trainer.cache_max_mb", "non-negative")
+        _check(t.warmup_requests, t.warmup_requests >= 0, "trainer.warmup_requests", "non-negative")
+        _check(e.accuracy_floor, 0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
+        _check(e.max_accuracy_drop, 0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
+        _check(
+            p.model_name,
+            bool(_MODEL_NAME.match(p.model_name)),
+            "push.model_name",
+            "a folder name: letters, digits, '_', '.' or '-' (no '/' and not starting with '.')",
+        )
+        _check(p.keep_versions, p.keep_versions >= 0, "push.keep_versions", "non-negative")
+        k = self.kubeflow
+        _check(k.gpu_count, k.gpu_count >= 0, "kubeflow.gpu_count", "non-negative")
+        _check(k.trainer_cpu, k.trainer_cpu > 0, "kubeflow.trainer_cpu", "positive")
         return self
 
 
-def _check(ok: bool, key: str, expected: str) -> None:
+def _one_of(allowed: Iterable[str]) -> str:
+    return "one of " + ", ".join(allowed)
+
+
+def _check(value: Any, ok: bool, key: str, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"config value {key} must be {expected}")
+        raise ConfigError(f"config value {key} must be {expected}; got {value!r}")
+
+
+def _check_finite(config: Any, prefix: str = "") -> None:
+    """NaN and infinity parse as floats (`float("inf")`) but are never a meaningful setting."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{field.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config value {prefix}{field.name} must be a finite number; got {value!r}")
+
+
+def _check_fine_tune_at(t: TrainerConfig) -> None:
+    """`fine_tune_at` is a whole layer index inside the chosen base, or a fraction (< 1) of its depth."""
+    layers = BASE_MODEL_LAYERS.get(t.base_model, 0)
+    value = t.fine_tune_at
+    if 0 < value < 1:
+        return
+    _check(
+        value,
+        value >= 1 and float(value).is_integer(),
+        "trainer.fine_tune_at",
+        "a whole layer index >= 1 or a fraction in (0, 1)",
+    )
+    _check(
+        value,
+        value < layers,
+        "trainer.fine_tune_at",
+        f"below the {layers} layers of trainer.base_model={t.base_model} (or a fraction in (0, 1))",
+    )
 
 
 # --- loading and overriding -----------------------------------------------------------------------------------

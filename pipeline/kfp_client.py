@@ -149,8 +149,10 @@ def kfp_cron(cron: str) -> str:
         return "0 " + cron
     if len(fields) == 6:
         return cron
-    raise ConfigError(f"cron expression {cron!r} must have 5 fields (minute hour day month weekday), 6 (with "
-                      "seconds first) or be a descriptor like @weekly")
+    raise ConfigError(
+        f"cron expression {cron!r} must have 5 fields (minute hour day month weekday), 6 (with "
+        "seconds first) or be a descriptor like @weekly"
+    )
 
 
 def default_run_name(package_path: str) -> str:

@@ -24,7 +24,6 @@ installs the project, so the executors and module functions (`components.*`) imp
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import os
@@ -33,13 +32,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from pipeline.configs import ConfigError, KubeflowConfig, PipelineConfig
+from pipeline.configs import KUBEFLOW_BEAM_ARGS, ConfigError, KubeflowConfig, PipelineConfig
 
 log = logging.getLogger("ftune")
-
-# Beam inside each pod: the multi-processing DirectRunner with a fixed number of workers. (0, "one per core", would
-# count the node's cores, not the pod's CPU share.) `--beam-arg` replaces these, e.g. with a DataflowRunner setup.
-DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]
 
 # What users change per run, as KFP run parameters: name -> (config section, field, type). The compiled
 # defaults are the configured values.
@@ -57,8 +52,21 @@ REMOTE_PUSH_SCHEMES = ("gs://", "s3://")
 SUPPORTED_EXECUTORS = ("container", "importer")
 # TFX reads and writes artifacts at their URIs itself (tf.io.gfile / Beam); it cannot use KFP's minio:// default.
 _UNUSABLE_ROOT_SCHEMES = ("minio://",)
-_MEMORY_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 class KubeflowCompileError(ValueError):
@@ -87,7 +95,8 @@ def compile_pipeline(
       data_root: image folder as the pods see it (default: config.data.data_root); also the default of the
         `data_root` run parameter.
       beam_args: Beam pipeline args for the Beam-based components (default: config.beam_args, else
-        DEFAULT_BEAM_ARGS).
+        configs.KUBEFLOW_BEAM_ARGS: a fixed number of workers, as 0 would count the node's cores, not the pod's
+        CPU share).
     """
     config = kubeflow_config(config, image=image, pipeline_root=pipeline_root, data_root=data_root)
     pipeline = build_pipeline(config, beam_args)
@@ -118,16 +127,21 @@ def kubeflow_config(
     config.validate()
     _check_pipeline_root(config.pipeline_root)
     if not config.data.data_root:
-        raise ConfigError("data.data_root (--data-root) is required for Kubeflow: the pods read the images from "
-                          "there (sample data is generated for local runs only)")
+        raise ConfigError(
+            "data.data_root (--data-root) is required for Kubeflow: the pods read the images from "
+            "there (sample data is generated for local runs only)"
+        )
     if "://" not in config.data.data_root and not os.path.isabs(config.data.data_root):
-        raise ConfigError(f"data.data_root (--data-root) must be an absolute path in the pods or a URI for "
-                          f"Kubeflow, got {config.data.data_root!r}")
+        raise ConfigError(
+            f"data.data_root (--data-root) must be an absolute path in the pods or a URI for "
+            f"Kubeflow, got {config.data.data_root!r}"
+        )
     if not config.kubeflow.image:
         raise ConfigError("kubeflow.image (--image) is required for Kubeflow")
     if ":" not in config.kubeflow.image.rsplit("/", 1)[-1] or config.kubeflow.image.endswith(":latest"):
-        log.warning("kubeflow.image %s has no fixed tag: pods of one run may pull different images",
-                    config.kubeflow.image)
+        log.warning(
+            "kubeflow.image %s has no fixed tag: pods of one run may pull different images", config.kubeflow.image
+        )
     if not uses_remote_push(config):
         _place_serving_dir_on_volume(config)
     return config
@@ -156,8 +170,10 @@ def _place_serving_dir_on_volume(config: PipelineConfig) -> None:
     if not config.push.serving_dir:
         config.push.serving_dir = mount
     elif not _is_under(config.push.serving_dir, mount):
-        raise ConfigError(f"push.serving_dir {config.push.serving_dir!r} must be below kubeflow.serving_mount_path "
-                          f"{mount!r} (where the PVC {k.serving_pvc!r} is mounted) or a gs:// / s3:// URI")
+        raise ConfigError(
+            f"push.serving_dir {config.push.serving_dir!r} must be below kubeflow.serving_mount_path "
+            f"{mount!r} (where the PVC {k.serving_pvc!r} is mounted) or a gs:// / s3:// URI"
+        )
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -174,8 +190,10 @@ def resolve_split_mode(config: PipelineConfig) -> str:
     if data.split_mode != "auto":
         return data.split_mode
     if not os.path.isdir(data.data_root):
-        raise ConfigError(f"data.split_mode is 'auto' but {data.data_root} is not visible from this machine: set "
-                          "--set data.split_mode=hash (class folders at the top) or presplit (train/ + validation/)")
+        raise ConfigError(
+            f"data.split_mode is 'auto' but {data.data_root} is not visible from this machine: set "
+            "--set data.split_mode=hash (class folders at the top) or presplit (train/ + validation/)"
+        )
     from components.image_example_gen import resolve_split_mode as resolve
 
     return resolve(data.data_root, "auto", data.train_dir, data.eval_dir)
@@ -199,22 +217,16 @@ def build_pipeline(config: PipelineConfig, beam_args: Optional[Sequence[str]] = 
     """create_pipeline's pipeline for Kubeflow (`config` from kubeflow_config), Trainer resources attached."""
     from pipeline.pipeline import create_pipeline
 
-    params = runtime_parameters(config)
-    kwargs: Dict[str, Any] = dict(
+    pipeline = create_pipeline(
+        config,
         data_root=config.data.data_root,
         split_mode=resolve_split_mode(config),
         stop_after="push",
         enable_cache=True,
         metadata_connection_config=None,  # KFP brings its own MLMD
-        beam_pipeline_args=list(beam_args or config.beam_args or DEFAULT_BEAM_ARGS),
+        beam_pipeline_args=list(beam_args or config.beam_args or KUBEFLOW_BEAM_ARGS),
+        runtime_parameters=runtime_parameters(config),
     )
-    if "runtime_parameters" in inspect.signature(create_pipeline).parameters:
-        kwargs["runtime_parameters"] = params
-    else:
-        # Until create_pipeline has the hook, only the data root can be a run parameter: it is the one knob that
-        # create_pipeline hands through unchanged (to ImageExampleGen's input_base).
-        kwargs["data_root"] = params["data_root"]
-    pipeline = create_pipeline(config, **kwargs)
     request_trainer_resources(pipeline, config.kubeflow)
     return pipeline
 
@@ -223,8 +235,9 @@ def find_node(pipeline, node_id: str):
     for node in pipeline.components:
         if node.id == node_id:
             return node
-    raise KubeflowCompileError(f"create_pipeline returned no node with id {node_id!r} "
-                               f"(nodes: {', '.join(n.id for n in pipeline.components)})")
+    raise KubeflowCompileError(
+        f"create_pipeline returned no node with id {node_id!r} (nodes: {', '.join(n.id for n in pipeline.components)})"
+    )
 
 
 def request_trainer_resources(pipeline, kubeflow: KubeflowConfig) -> None:
@@ -260,9 +273,7 @@ def compile_spec(pipeline, image: str):
     from tfx import v1 as tfx
 
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image=image, use_pipeline_spec_2_1=True
-        )
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True)
     )
     job = runner.run(pipeline, write_out=False)
     return json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())
@@ -420,8 +431,10 @@ def write_package(spec, platform, output_path: str) -> None:
     from tfx import version
 
     if output_path.endswith(".json") and platform.platforms:
-        raise ConfigError(f"{output_path}: Kubernetes settings (GPU node selector, serving volume) need a .yaml "
-                          "package; KFP's JSON format has no place for them")
+        raise ConfigError(
+            f"{output_path}: Kubernetes settings (GPU node selector, serving volume) need a .yaml "
+            "package; KFP's JSON format has no place for them"
+        )
     if not output_path.endswith((".json", ".yaml", ".yml")):
         raise ConfigError(f"{output_path}: the package must end with .yaml (or .json)")
     directory = os.path.dirname(os.path.abspath(output_path))

@@ -10,14 +10,11 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
-from pipeline.configs import PipelineConfig
+from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
 
 log = logging.getLogger("ftune")
-
-# DirectRunner in multi-processing mode; 0 workers means one per core.
-DEFAULT_BEAM_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]
 
 
 def say(message: str) -> None:
@@ -70,8 +67,17 @@ class _ProgressFilter(logging.Filter):
     """Lets through the lines a user follows a run by: component start/finish (TFX), cache hits, and the
     progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden."""
 
-    PREFIXES = ("Component ", "A cached execution", "ImageExampleGen:", "Trainer:", "Evaluator:", "Pusher:",
-                "ServedModelBaseline:", "Fine-tune", "Phase")
+    PREFIXES = (
+        "Component ",
+        "A cached execution",
+        "ImageExampleGen:",
+        "Trainer:",
+        "Evaluator:",
+        "Pusher:",
+        "ServedModelBaseline:",
+        "Fine-tune",
+        "Phase",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -106,31 +112,8 @@ def enable_progress_logging() -> None:
     absl_logging.set_verbosity(absl_logging.INFO)
 
 
-def component_timings(config: PipelineConfig) -> Dict[str, Dict]:
-    """{node id: {'seconds', 'state'}} for the latest execution of each node of this pipeline (from MLMD)."""
-    from ml_metadata.metadata_store import metadata_store
-    from tfx.orchestration import metadata
-
-    if not os.path.exists(config.metadata_path):
-        return {}
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
-    timings: Dict[str, Dict] = {}
-    prefix = f"{config.pipeline_name}."
-    for context in store.get_contexts_by_type("node"):
-        if not context.name.startswith(prefix):
-            continue
-        executions = store.get_executions_by_context(context.id)
-        if not executions:
-            continue
-        latest = max(executions, key=lambda e: e.id)
-        state = {2: "interrupted", 3: "ran", 4: "failed", 5: "cached", 6: "canceled"}.get(latest.last_known_state, "unknown")
-        seconds = (latest.last_update_time_since_epoch - latest.create_time_since_epoch) / 1000.0
-        timings[context.name[len(prefix):]] = {"seconds": round(seconds, 1), "state": state}
-    return timings
-
-
 def beam_args(config: PipelineConfig) -> List[str]:
-    return list(config.beam_args) or list(DEFAULT_BEAM_ARGS)
+    return list(config.beam_args) or list(LOCAL_BEAM_ARGS)
 
 
 def preflight_weights(config: PipelineConfig, progress: Callable[[str], None] = say) -> None:
@@ -156,9 +139,9 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
     """Runs the pipeline locally; returns {'data_root', 'split_mode', 'wall_s'}."""
     from tfx import v1 as tfx
 
-    from components.image_example_gen import list_classes, resolve_split_mode
-    from components.served_model_baseline import serving_state
+    from components.image_example_gen import resolve_split_mode
     from pipeline.pipeline import create_pipeline
+    from serving.model_versions import serving_state
 
     config.validate().absolute_paths()
     os.makedirs(config.pipeline_root, exist_ok=True)
@@ -167,18 +150,14 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
     data_root = prepare_data_root(config, progress)
     split_mode = resolve_split_mode(data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir)
     progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
-    class_root = os.path.join(data_root, config.data.train_dir) if split_mode == "presplit" else data_root
     pipeline = create_pipeline(
         config,
         data_root=data_root,
         split_mode=split_mode,
         stop_after=stop_after,
         enable_cache=True,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path
-        ),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
         beam_pipeline_args=beam_args(config),
-        num_classes=len(list_classes(class_root)),
         serving_state=serving_state(config.serving_model_dir),
     )
     started = time.time()
@@ -186,26 +165,3 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
     wall = time.time() - started
     progress(f"pipeline finished in {wall:.1f} s")
     return {"data_root": data_root, "split_mode": split_mode, "wall_s": wall}
-
-
-def latest_artifact_uri(config: PipelineConfig, component_id: str, output_key: str) -> Optional[str]:
-    """URI of the newest artifact published by `component_id` under `output_key` in this pipeline's MLMD."""
-    from ml_metadata.metadata_store import metadata_store
-    from tfx.orchestration import metadata
-
-    if not os.path.exists(config.metadata_path):
-        return None
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
-    # TFX attributes each node's executions to a context of type "node" named "<pipeline>.<node id>".
-    context = store.get_context_by_type_and_name("node", f"{config.pipeline_name}.{component_id}")
-    if context is None:
-        return None
-    executions = store.get_executions_by_context(context.id)
-    candidates = []
-    for event in store.get_events_by_execution_ids([e.id for e in executions]):
-        keys = [step.key for step in event.path.steps if step.HasField("key")]
-        if event.type == event.OUTPUT and output_key in keys:
-            candidates.append(event.artifact_id)
-    artifacts = store.get_artifacts_by_id(candidates) if candidates else []
-    live = [a for a in artifacts if a.state == a.LIVE]
-    return max(live, key=lambda a: a.id).uri if live else None

@@ -34,7 +34,6 @@ def create_pipeline(
     enable_cache: bool = True,
     metadata_connection_config: Optional[object] = None,
     beam_pipeline_args: Optional[List[str]] = None,
-    num_classes: Optional[int] = None,
     serving_state: str = "",
     runtime_parameters: Optional[Mapping[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
@@ -48,7 +47,6 @@ def create_pipeline(
       enable_cache: reuse outputs of unchanged component runs (a re-run after a failure resumes).
       metadata_connection_config: MLMD connection (local runner); None for Kubeflow, which brings its own.
       beam_pipeline_args: args for Beam-based components (DirectRunner settings or a distributed runner).
-      num_classes: number of classes when known at build time (picks binary vs. sparse categorical accuracy).
       serving_state: the served versions' fingerprint (ServedModelBaseline re-runs when it changes); "" when
         the runner cannot see the serving directory at build time (then disable caching for that node).
       runtime_parameters: Kubeflow run parameters {name: RuntimeParameter} for data_root, phase1_epochs,
@@ -116,9 +114,7 @@ def create_pipeline(
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["baseline_model"],
             schema=schema_gen.outputs["schema"],
-            eval_config=evaluator_gate.make_eval_config(
-                num_classes, config.eval.accuracy_floor, config.eval.max_accuracy_drop
-            ),
+            eval_config=evaluator_gate.make_eval_config(config.eval.accuracy_floor, config.eval.max_accuracy_drop),
             accuracy_floor=run_params.get("accuracy_floor"),
         ).with_id("Evaluator")
         components.append(evaluator)

@@ -67,10 +67,16 @@ class Sample(NamedTuple):
 # Shapes in unit coordinates
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _regular_polygon(radius: float, corners: int, start_angle: float = 0.0) -> Polygon:
     """Corners of a regular polygon (or a circle, with many corners) centred on the origin."""
-    return [(radius * math.cos(start_angle + 2 * math.pi * j / corners),
-             radius * math.sin(start_angle + 2 * math.pi * j / corners)) for j in range(corners)]
+    return [
+        (
+            radius * math.cos(start_angle + 2 * math.pi * j / corners),
+            radius * math.sin(start_angle + 2 * math.pi * j / corners),
+        )
+        for j in range(corners)
+    ]
 
 
 def _rectangle(x0: float, y0: float, x1: float, y1: float) -> Polygon:
@@ -90,8 +96,20 @@ def _star(inner_ratio: float, points: int = 5) -> Polygon:
 def _plus(half_width: float) -> Polygon:
     """A plus sign: arms of length 1 from the centre, half_width wide on each side of their axis."""
     w = half_width
-    return [(-w, -1.0), (w, -1.0), (w, -w), (1.0, -w), (1.0, w), (w, w),
-            (w, 1.0), (-w, 1.0), (-w, w), (-1.0, w), (-1.0, -w), (-w, -w)]
+    return [
+        (-w, -1.0),
+        (w, -1.0),
+        (w, -w),
+        (1.0, -w),
+        (1.0, w),
+        (w, w),
+        (w, 1.0),
+        (-w, 1.0),
+        (-w, w),
+        (-1.0, w),
+        (-1.0, -w),
+        (-w, -w),
+    ]
 
 
 def shape_parts(kind: str, rng: np.random.Generator) -> List[MaskPart]:
@@ -144,6 +162,7 @@ def _checker(cells: int, half_extent: float = 0.8) -> List[MaskPart]:
 # Layout, colours and background (shared by all classes)
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _random_size(rng: np.random.Generator) -> Tuple[int, int]:
     """(width, height): 64..220 px per side, aspect ratio within about 1:1.6, a quarter of them square."""
     width = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
@@ -175,8 +194,9 @@ def _luma(colour: np.ndarray) -> float:
     return float(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2])
 
 
-def _contrasting_colour(rng: np.random.Generator, avoid: List[np.ndarray], min_luma_difference: float = 0.0,
-                        min_distance: float = 110.0) -> np.ndarray:
+def _contrasting_colour(
+    rng: np.random.Generator, avoid: List[np.ndarray], min_luma_difference: float = 0.0, min_distance: float = 110.0
+) -> np.ndarray:
     """A random colour at least min_distance (RGB Euclidean) and min_luma_difference (brightness) from each colour
     in avoid; the best of 30 tries when none qualifies."""
     best, best_score = None, -math.inf
@@ -230,6 +250,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Tuple[np.n
 # ----------------------------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _place(polygon: Polygon, pose: Dict[str, float], scale: float) -> List[Tuple[float, float]]:
     """Unit polygon -> pixel coordinates (times scale): squash y, rotate, scale by the radius, move to the centre."""
@@ -306,20 +327,23 @@ def encode_sample(sample: Sample) -> bytes:
 # Public entry point
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _validate(classes: int, per_class: int, seed: int) -> None:
     if classes < 2:
         raise ValueError(f"classes must be at least 2, got {classes}")
     if classes > len(SHAPE_NAMES):
-        raise ValueError(f"classes must be at most {len(SHAPE_NAMES)} (one per shape kind: "
-                         f"{', '.join(SHAPE_NAMES)}), got {classes}")
+        raise ValueError(
+            f"classes must be at most {len(SHAPE_NAMES)} (one per shape kind: {', '.join(SHAPE_NAMES)}), got {classes}"
+        )
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
 
 
-def generate_sample_data(out_dir: str, classes: int = 3, per_class: int = 60, seed: int = 0,
-                         progress: Optional[Callable[[str], None]] = None) -> Dict[str, int]:
+def generate_sample_data(
+    out_dir: str, classes: int = 3, per_class: int = 60, seed: int = 0, progress: Optional[Callable[[str], None]] = None
+) -> Dict[str, int]:
     """Writes out_dir/<class_name>/<file> images; returns {class_name: count}.
 
     Class names are the first `classes` entries of SHAPE_NAMES; files are named like circle_0007.jpg / .png.

@@ -18,12 +18,15 @@ from typing import Dict, List, Sequence
 
 import tensorflow as tf
 
-from components import image_transform
-
-SERVING_SIGNATURE = "serving_default"
-TF_EXAMPLE_SIGNATURE = "serving_tf_example"
-IMAGE_BYTES_INPUT = "image_bytes"
-WARMUP_FILE = "tf_serving_warmup_requests"
+from serving.signatures import (
+    ASSETS_EXTRA,
+    IMAGE_BYTES_INPUT,
+    SERVING_SIGNATURE,
+    TF_EXAMPLE_SIGNATURE,
+    TF_EXAMPLES_INPUT,
+    WARMUP_FILE,
+)
+from trainer import features
 
 
 class ServingModule(tf.Module):
@@ -40,13 +43,11 @@ class ServingModule(tf.Module):
         self.class_names = tf.Variable(list(class_names), trainable=False, dtype=tf.string, name="class_names")
         self._image_size = image_size
         self._num_classes = len(class_names)
-        self._image_feature_spec = {
-            image_transform.IMAGE_KEY: tf_transform_output.raw_feature_spec()[image_transform.IMAGE_KEY]
-        }
+        self._image_feature_spec = {features.IMAGE_KEY: tf_transform_output.raw_feature_spec()[features.IMAGE_KEY]}
 
     def predict_transformed(self, image_raw: tf.Tensor) -> Dict[str, tf.Tensor]:
         """From Transform's output feature (what the trainer sees) to the output dict."""
-        images = image_transform.parse_images(image_raw, self._image_size)
+        images = features.parse_images(image_raw, self._image_size)
         logits = tf.cast(self.model(images, training=False), tf.float32)
         if self._num_classes == 2:
             score = tf.sigmoid(tf.reshape(logits, [-1]))
@@ -65,20 +66,26 @@ class ServingModule(tf.Module):
         return outputs
 
     def _transform(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-        return self.predict_transformed(self.tft_layer(raw_features)[image_transform.TRANSFORMED_IMAGE_KEY])
+        return self.predict_transformed(self.tft_layer(raw_features)[features.TRANSFORMED_IMAGE_KEY])
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def serve_image_bytes(self, image_bytes):
         # The raw schema's image feature has shape [1] per example.
-        return self._transform({image_transform.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+        return self._transform({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=TF_EXAMPLES_INPUT)])
     def serve_tf_examples(self, examples):
         return self._transform(tf.io.parse_example(examples, self._image_feature_spec))
 
 
-def export_saved_model(model, tf_transform_output, class_names: Sequence[str], image_size: int, export_dir: str,
-                       warmup_images: Sequence[bytes] = ()) -> str:
+def export_saved_model(
+    model,
+    tf_transform_output,
+    class_names: Sequence[str],
+    image_size: int,
+    export_dir: str,
+    warmup_images: Sequence[bytes] = (),
+) -> str:
     """Writes the SavedModel (and TF Serving warmup requests) to export_dir; returns export_dir."""
     module = ServingModule(model, tf_transform_output, class_names, image_size)
     signatures = {
@@ -95,7 +102,7 @@ def write_warmup_requests(export_dir: str, images: Sequence[bytes], model_name: 
     """`assets.extra/tf_serving_warmup_requests`: PredictionLogs TF Serving replays before it reports ready."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    path = os.path.join(export_dir, "assets.extra", WARMUP_FILE)
+    path = os.path.join(export_dir, ASSETS_EXTRA, WARMUP_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for image in images:

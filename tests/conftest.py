@@ -20,6 +20,8 @@ def pretrained_weights_path() -> str:
     """
     path = os.environ.get("FTUNE_WEIGHTS") or SHARED_WEIGHTS
     if not os.path.isfile(path):
-        pytest.fail(f"MobileNetV2 weights file not found at {path}: set FTUNE_WEIGHTS to a local copy of "
-                    "mobilenet_v2_1.0_224_no_top.h5")
+        pytest.fail(
+            f"MobileNetV2 weights file not found at {path}: set FTUNE_WEIGHTS to a local copy of "
+            "mobilenet_v2_1.0_224_no_top.h5"
+        )
     return os.path.abspath(path)

@@ -2,20 +2,23 @@
 
 A pre-split subset (100 cats + 100 dogs from train/, 50 + 50 from validation/) is linked (not copied) from
 `../shared/datasets/cats_and_dogs_filtered` (or $FTUNE_CATS_DATA); the full benchmark is benchmarks/cats_vs_dogs.py.
-This also covers the two-class path (one logit, BinaryAccuracy on the `score` output).
+This also covers the two-class path (one logit; the gate reads the same probability vector as for N classes).
 """
 
 import os
 
 import pytest
-
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import run_local
-from pipeline.report import report_data
+from pipeline.reporting.report import report_data
 
-CATS_DATA = os.environ.get("FTUNE_CATS_DATA") or os.path.join(REPO, "..", "shared", "datasets",
-                                                               "cats_and_dogs_filtered")
+pytestmark = pytest.mark.slow  # whole pipeline runs: `make test-fast` leaves them out
+
+CATS_DATA = os.environ.get("FTUNE_CATS_DATA") or os.path.join(
+    REPO, "..", "shared", "datasets", "cats_and_dogs_filtered"
+)
 PER_CLASS = {"train": 100, "validation": 50}
 
 
@@ -46,7 +49,7 @@ def test_cats_vs_dogs_subset_well_above_chance(tmp_path):
     assert data["ingestion"]["accepted_per_split"] == {"train": 200, "eval": 100}
     assert data["ingestion"]["quarantined_count"] == 0
     gate = data["gate"]
-    assert gate["metric"] == "binary_accuracy"
+    assert gate["metric"] == "sparse_categorical_accuracy"
     assert gate["eval_example_count"] == 100
     # Chance is 0.5; ImageNet features separate cats from dogs even with 200 training images.
     assert gate["candidate_accuracy"] >= 0.85, gate["decision"]

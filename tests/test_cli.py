@@ -5,15 +5,16 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from pipeline import cli
 from pipeline.configs import ConfigError, load_config
 
 
 def ftune(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_every_command_has_help():
@@ -33,12 +34,20 @@ def test_config_overrides_are_typed_and_shown():
     assert config["trainer"]["phase1_epochs"] == 3 and config["eval"]["accuracy_floor"] == 0.75
 
 
-@pytest.mark.parametrize("override, named", [
-    ("trainer.bogus=1", "trainer.bogus"),
-    ("trainer.learning_rate=fast", "trainer.learning_rate"),
-    ("data.eval_fraction=1.5", "data.eval_fraction"),
-    ("trainer.phase1_mode=sometimes", "trainer.phase1_mode"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("trainer.bogus=1", "trainer.bogus"),
+        ("trainer.learning_rate=fast", "trainer.learning_rate"),
+        ("data.eval_fraction=1.5", "data.eval_fraction"),
+        ("trainer.phase1_mode=sometimes", "trainer.phase1_mode must be one of cached_features, end_to_end"),
+        ("trainer.learning_rate=inf", "trainer.learning_rate must be a finite number"),
+        ("trainer.base_model=vgg16", "trainer.base_model must be one of mobilenet_v2, efficientnet_b0"),
+        ("trainer.fine_tune_at=200", "below the 154 layers of trainer.base_model=mobilenet_v2"),
+        ("trainer.fine_tune_at=12.5", "trainer.fine_tune_at must be a whole layer index"),
+        ("push.model_name=../escape", "push.model_name must be a folder name"),
+    ],
+)
 def test_bad_settings_are_errors_naming_the_key(override, named):
     result = ftune("config", "--set", override)
     assert result.returncode == 2
@@ -50,7 +59,10 @@ def test_config_file_is_merged_and_checked(tmp_path):
     good.write_text("trainer:\n  base_model: efficientnet_b0\n  phase2_epochs: 0\npush:\n  keep_versions: 2\n")
     config = load_config(str(good), ["trainer.phase2_epochs=4"])
     assert (config.trainer.base_model, config.trainer.phase2_epochs, config.push.keep_versions) == (
-        "efficientnet_b0", 4, 2)
+        "efficientnet_b0",
+        4,
+        2,
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match="trainer.epochs"):
@@ -82,7 +94,14 @@ def test_missing_data_root_is_named(tmp_path):
 def test_unusable_data_is_reported_as_such(tmp_path):
     (tmp_path / "data" / "only_class").mkdir(parents=True)
     (tmp_path / "data" / "only_class" / "a.txt").write_text("x")
-    result = ftune("ingest", "--pipeline-root", str(tmp_path / "root"), "--data-root", str(tmp_path / "data"),
-                   "--set", 'beam_args=["--direct_running_mode=in_memory"]')
+    result = ftune(
+        "ingest",
+        "--pipeline-root",
+        str(tmp_path / "root"),
+        "--data-root",
+        str(tmp_path / "data"),
+        "--set",
+        'beam_args=["--direct_running_mode=in_memory"]',
+    )
     assert result.returncode == 2
     assert "unusable data" in result.stderr and "at least 2" in result.stderr

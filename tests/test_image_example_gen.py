@@ -4,19 +4,20 @@ import json
 import os
 import shutil
 
+import image_corpus
 import pytest
 import tensorflow as tf
+from conftest import IN_MEMORY_BEAM
 from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-import image_corpus
-from conftest import IN_MEMORY_BEAM
 from components import evaluator_gate as eg_gate
 from components import image_example_gen as eg
 from pipeline.configs import PipelineConfig
-from pipeline.local_runner import latest_artifact_uri, run_local
+from pipeline.local_runner import run_local
+from pipeline.reporting.run_records import latest_artifact_uri
 
 
 def read_examples(examples_uri: str):
@@ -25,7 +26,7 @@ def read_examples(examples_uri: str):
     for split_dir in sorted(os.listdir(examples_uri)):
         if not split_dir.startswith("Split-"):
             continue
-        split = split_dir[len("Split-"):]
+        split = split_dir[len("Split-") :]
         files = tf.io.gfile.glob(os.path.join(examples_uri, split_dir, "*"))
         out[split] = {}
         for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
@@ -52,8 +53,12 @@ def test_good_images_once_bad_files_quarantined_with_reason(tmp_path):
     assert len({os.path.basename(k) for k in bad}) >= 10, "the corpus must hold at least 10 kinds of bad file"
 
     # Multi-processing Beam here (the product's default), so the DoFn really is pickled into worker processes.
-    config, uri = ingest(tmp_path, str(data), beam_args=["--direct_running_mode=multi_processing",
-                                                         "--direct_num_workers=2"], max_quarantine_fraction=0.6)
+    config, uri = ingest(
+        tmp_path,
+        str(data),
+        beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        max_quarantine_fraction=0.6,
+    )
 
     examples = read_examples(uri)
     produced = {name: ex for split in examples.values() for name, ex in split.items()}
@@ -132,7 +137,8 @@ def run_executor(tmp_path, data_root: str, max_quarantine_fraction: float = 0.1)
     exec_properties = {
         standard_component_specs.INPUT_BASE_KEY: data_root,
         standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(
-            eg.make_input_config("hash", "train", "validation")),
+            eg.make_input_config("hash", "train", "validation")
+        ),
         standard_component_specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(eg.make_output_config("hash", 0.2)),
         standard_component_specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
         standard_component_specs.OUTPUT_FILE_FORMAT_KEY: example_gen_pb2.FORMAT_TFRECORDS_GZIP,
@@ -181,7 +187,7 @@ def test_quarantine_above_limit_fails_but_keeps_the_report(tmp_path):
 
 
 def test_gate_thresholds_apply_to_the_overall_slice_only():
-    config = eg_gate.make_eval_config(num_classes=3, accuracy_floor=0.8, max_accuracy_drop=0.01)
+    config = eg_gate.make_eval_config(accuracy_floor=0.8, max_accuracy_drop=0.01)
     (metric,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "SparseCategoricalAccuracy"]
     assert not metric.HasField("threshold")
     (per_slice,) = metric.per_slice_thresholds

@@ -28,15 +28,30 @@ PIPELINE_SPEC = {
                 "learning_rate": {"parameterType": "NUMBER_DOUBLE", "defaultValue": 0.001, "isOptional": True},
             }
         },
-        "dag": {"tasks": {"Trainer": {"taskInfo": {"name": "Trainer"}, "componentRef": {"name": "Trainer"},
-                                      "cachingOptions": {"enableCache": True}}}},
+        "dag": {
+            "tasks": {
+                "Trainer": {
+                    "taskInfo": {"name": "Trainer"},
+                    "componentRef": {"name": "Trainer"},
+                    "cachingOptions": {"enableCache": True},
+                }
+            }
+        },
     },
     "components": {"Trainer": {"executorLabel": "Trainer_executor"}},
-    "deploymentSpec": {"executors": {"Trainer_executor": {"container": {
-        "image": "registry.example/ftune:1", "command": ["python", "-m", "x"]}}}},
+    "deploymentSpec": {
+        "executors": {
+            "Trainer_executor": {"container": {"image": "registry.example/ftune:1", "command": ["python", "-m", "x"]}}
+        }
+    },
 }
-PLATFORM_SPEC = {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {"Trainer_executor": {
-    "nodeSelector": {"labels": {"pool": "gpu"}}}}}}}}
+PLATFORM_SPEC = {
+    "platforms": {
+        "kubernetes": {
+            "deploymentSpec": {"executors": {"Trainer_executor": {"nodeSelector": {"labels": {"pool": "gpu"}}}}}
+        }
+    }
+}
 
 
 class _KfpApi(http.server.BaseHTTPRequestHandler):
@@ -77,14 +92,31 @@ class _KfpApi(http.server.BaseHTTPRequestHandler):
         request = self._record()
         body = request["body"] or {}
         if request["path"] == "/apis/v2beta1/experiments":
-            return self._answer({"experiment_id": "exp-new", "display_name": body.get("display_name"),
-                                 "namespace": body.get("namespace")})
+            return self._answer(
+                {
+                    "experiment_id": "exp-new",
+                    "display_name": body.get("display_name"),
+                    "namespace": body.get("namespace"),
+                }
+            )
         if request["path"] == "/apis/v2beta1/runs":
-            return self._answer({"run_id": "run-1", "display_name": body.get("display_name"),
-                                 "experiment_id": body.get("experiment_id"), "state": "PENDING"})
+            return self._answer(
+                {
+                    "run_id": "run-1",
+                    "display_name": body.get("display_name"),
+                    "experiment_id": body.get("experiment_id"),
+                    "state": "PENDING",
+                }
+            )
         if request["path"] == "/apis/v2beta1/recurringruns":
-            return self._answer({"recurring_run_id": "rr-1", "display_name": body.get("display_name"),
-                                 "experiment_id": body.get("experiment_id"), "mode": body.get("mode")})
+            return self._answer(
+                {
+                    "recurring_run_id": "rr-1",
+                    "display_name": body.get("display_name"),
+                    "experiment_id": body.get("experiment_id"),
+                    "mode": body.get("mode"),
+                }
+            )
         self._answer({"error": "not found"}, 404)
 
     def log_message(self, *args):  # keep pytest output clean
@@ -116,8 +148,13 @@ def isolated_kfp(tmp_path, monkeypatch):
     import kfp.client
 
     monkeypatch.setattr(kfp.client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for name in ("KFP_HOST", "KFP_NAMESPACE", "KF_PIPELINES_ENDPOINT", "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
-                 "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME"):
+    for name in (
+        "KFP_HOST",
+        "KFP_NAMESPACE",
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+    ):
         monkeypatch.delenv(name, raising=False)
     token = tmp_path / "token"
     token.write_text(TOKEN)
@@ -139,13 +176,21 @@ def _calls(api):
 def test_submit_creates_experiment_then_run_with_embedded_spec(api, host, package, monkeypatch):
     monkeypatch.setenv("KFP_NAMESPACE", "team-a")  # as the CronJob sets it (fieldRef metadata.namespace)
 
-    run_id = kfp_client.submit(host, package, run_name="weekly", experiment="ftune-retrain",
-                               params={"phase1_epochs": "3", "learning_rate": "0.0005"})
+    run_id = kfp_client.submit(
+        host,
+        package,
+        run_name="weekly",
+        experiment="ftune-retrain",
+        params={"phase1_epochs": "3", "learning_rate": "0.0005"},
+    )
 
     assert run_id == "run-1"
     # With a namespace there is no healthz probe: exactly the calls the CronJob's Role allows.
-    assert _calls(api) == [("GET", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/experiments"),
-                           ("POST", "/apis/v2beta1/runs")]
+    assert _calls(api) == [
+        ("GET", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/runs"),
+    ]
     lookup, create_experiment, create_run = api.requests
     assert lookup["query"]["namespace"] == ["team-a"]
     predicate = json.loads(lookup["query"]["filter"][0])["predicates"][0]
@@ -157,8 +202,9 @@ def test_submit_creates_experiment_then_run_with_embedded_spec(api, host, packag
     assert body["display_name"] == "weekly"
     # Pipeline spec and platform spec travel together, as the KFP API expects for platform-specific features.
     assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "ftune"
-    assert body["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"] == PIPELINE_SPEC["root"][
-        "inputDefinitions"]
+    assert (
+        body["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"] == PIPELINE_SPEC["root"]["inputDefinitions"]
+    )
     assert body["pipeline_spec"]["platform_spec"] == PLATFORM_SPEC
     # Text from the command line arrives typed as the package declares.
     assert body["runtime_config"]["parameters"] == {"phase1_epochs": 3, "learning_rate": 0.0005}
@@ -166,7 +212,8 @@ def test_submit_creates_experiment_then_run_with_embedded_spec(api, host, packag
     assert body["runtime_config"]["pipeline_root"] == "gs://bucket/root"
     # Compile-time caching settings are left alone (no override of every task's cachingOptions).
     assert body["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]["Trainer"]["cachingOptions"] == {
-        "enableCache": True}
+        "enableCache": True
+    }
     for request in api.requests:
         assert request["headers"]["authorization"] == f"Bearer {TOKEN}"
 
@@ -176,8 +223,11 @@ def test_submit_reuses_existing_experiment_and_asks_healthz_without_namespace(ap
 
     assert kfp_client.submit(host, package) == "run-1"
 
-    assert _calls(api) == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/experiments"),
-                           ("POST", "/apis/v2beta1/runs")]
+    assert _calls(api) == [
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/runs"),
+    ]
     run = api.requests[-1]["body"]
     assert run["experiment_id"] == "exp-7"
     assert run["display_name"].startswith("ftune ")  # pipeline name + UTC timestamp
@@ -190,12 +240,16 @@ def test_submit_passes_pipeline_root_override(api, host, package):
 
 
 def test_schedule_creates_recurring_run_with_cron(api, host, package):
-    recurring_id = kfp_client.schedule(host, package, "0 3 * * 1", name="ftune-weekly", namespace="team-a",
-                                       params={"data_root": "/data/new"})
+    recurring_id = kfp_client.schedule(
+        host, package, "0 3 * * 1", name="ftune-weekly", namespace="team-a", params={"data_root": "/data/new"}
+    )
 
     assert recurring_id == "rr-1"
-    assert _calls(api) == [("GET", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/experiments"),
-                           ("POST", "/apis/v2beta1/recurringruns")]
+    assert _calls(api) == [
+        ("GET", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/recurringruns"),
+    ]
     body = api.requests[-1]["body"]
     assert body["display_name"] == "ftune-weekly"
     assert body["experiment_id"] == "exp-new"

@@ -17,7 +17,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline import kubeflow_v2_runner as runner
-from pipeline.configs import ConfigError, PipelineConfig
+from pipeline.configs import KUBEFLOW_BEAM_ARGS, ConfigError, PipelineConfig
 
 IMAGE = "registry.example/ftune:1.2.3"
 PIPELINE_ROOT = "gs://ftune-test/root"
@@ -37,8 +37,9 @@ def make_config(**push) -> PipelineConfig:
 
 
 def compile_to(path, config=None, **kwargs):
-    runner.compile_pipeline(config or make_config(), str(path), image=IMAGE, pipeline_root=PIPELINE_ROOT,
-                            data_root=DATA_ROOT, **kwargs)
+    runner.compile_pipeline(
+        config or make_config(), str(path), image=IMAGE, pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT, **kwargs
+    )
     return runner.read_package(str(path))
 
 
@@ -110,8 +111,9 @@ def test_a_resolver_node_fails_compilation():
         examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
     ).with_id("latest_examples")
     statistics = tfx.components.StatisticsGen(examples=resolver.outputs["examples"])
-    pipeline = tfx.dsl.Pipeline(pipeline_name="resolver-check", pipeline_root=PIPELINE_ROOT,
-                                components=[resolver, statistics])
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="resolver-check", pipeline_root=PIPELINE_ROOT, components=[resolver, statistics]
+    )
     spec = runner.compile_spec(pipeline, IMAGE)
     with pytest.raises(runner.KubeflowCompileError, match="latest_examples_executor is resolver"):
         runner.check_executors(spec)
@@ -145,20 +147,25 @@ def test_trainer_alone_goes_to_the_gpu_pool(spec, k8s):
 
 def test_serving_volume_is_mounted_where_models_are_read_or_written_only(spec, k8s):
     config = make_config()
-    volume_users = {runner.executor_label(spec, t) for t in ("Pusher", "ServedModelBaseline") if t in spec.root.dag.tasks}
+    volume_users = {
+        runner.executor_label(spec, t) for t in ("Pusher", "ServedModelBaseline") if t in spec.root.dag.tasks
+    }
     assert runner.executor_label(spec, "Pusher") in volume_users
     for task in spec.root.dag.tasks:
         label = runner.executor_label(spec, task)
-        parsed = json_format.ParseDict(k8s.get(label, {}), k8s_pb2.KubernetesExecutorConfig(),
-                                       ignore_unknown_fields=True)
+        parsed = json_format.ParseDict(
+            k8s.get(label, {}), k8s_pb2.KubernetesExecutorConfig(), ignore_unknown_fields=True
+        )
         if label in volume_users:
             assert [(m.constant, m.mount_path) for m in parsed.pvc_mount] == [
-                (config.kubeflow.serving_pvc, config.kubeflow.serving_mount_path)]
+                (config.kubeflow.serving_pvc, config.kubeflow.serving_mount_path)
+            ]
         else:
             assert not parsed.pvc_mount, task
     # The Pusher pushes below the mount path, where TF Serving (same claim, /models) looks.
-    destination = json.loads(spec.root.dag.tasks["Pusher"].inputs.parameters["push_destination"]
-                             .runtime_value.constant.string_value)
+    destination = json.loads(
+        spec.root.dag.tasks["Pusher"].inputs.parameters["push_destination"].runtime_value.constant.string_value
+    )
     assert destination["filesystem"]["base_directory"] == "/models/image_classifier"
 
 
@@ -179,8 +186,9 @@ def test_json_package_when_no_kubernetes_settings_are_needed(tmp_path):
         spec = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineSpec())
     assert "accelerator" not in container(spec, runner.TRAINER_NODE_ID).get("resources", {})
     with pytest.raises(ConfigError, match="need a .yaml package"):
-        runner.compile_pipeline(make_config(), str(tmp_path / "gpu.json"), image=IMAGE,
-                                pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT)
+        runner.compile_pipeline(
+            make_config(), str(tmp_path / "gpu.json"), image=IMAGE, pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT
+        )
 
 
 def test_data_root_is_a_run_parameter_with_a_default(spec):
@@ -224,19 +232,21 @@ def test_image_command_and_executor_paths(spec):
     # Module functions are referenced by import path, not packaged files.
     transform = spec.root.dag.tasks["Transform"].inputs.parameters
     trainer = spec.root.dag.tasks["Trainer"].inputs.parameters
-    assert transform["preprocessing_fn"].runtime_value.constant.string_value == \
-        "components.image_transform.preprocessing_fn"
+    assert (
+        transform["preprocessing_fn"].runtime_value.constant.string_value
+        == "components.image_transform.preprocessing_fn"
+    )
     assert trainer["run_fn"].runtime_value.constant.string_value == "components.fine_tune_trainer.run_fn"
 
 
 def test_beam_args_default_and_pass_through(spec, tmp_path):
     transform_args = container(spec, "Transform")["args"]
-    assert transform_args[-len(runner.DEFAULT_BEAM_ARGS):] == runner.DEFAULT_BEAM_ARGS
+    assert transform_args[-len(KUBEFLOW_BEAM_ARGS) :] == list(KUBEFLOW_BEAM_ARGS)
     dataflow = ["--runner=DataflowRunner", "--project=p", "--region=europe-west4", "--temp_location=gs://t/tmp"]
     other, _ = compile_to(tmp_path / "dataflow.yaml", beam_args=dataflow)
     for task in ("Transform", "StatisticsGen", "Evaluator"):
         args = container(other, task)["args"]
-        assert args[-len(dataflow):] == dataflow, task
+        assert args[-len(dataflow) :] == dataflow, task
         assert "--direct_running_mode=multi_processing" not in args
 
 
@@ -268,11 +278,15 @@ def test_container_command_runs_a_project_executor(spec, tmp_path):
     schema = json_format.MessageToDict(spec.components[spec.root.dag.tasks[task].component_ref.name])
     artifact_type = schema["outputDefinitions"]["artifacts"]["baseline_model"]["artifactType"]
     executor_input = {
-        "inputs": {"parameterValues": {"serving_model_dir": str(tmp_path / "served" / "image_classifier"),
-                                       "serving_state": ""}},
+        "inputs": {
+            "parameterValues": {"serving_model_dir": str(tmp_path / "served" / "image_classifier"), "serving_state": ""}
+        },
         "outputs": {
-            "artifacts": {"baseline_model": {"artifacts": [
-                {"name": "baseline", "type": artifact_type, "uri": str(tmp_path / "baseline")}]}},
+            "artifacts": {
+                "baseline_model": {
+                    "artifacts": [{"name": "baseline", "type": artifact_type, "uri": str(tmp_path / "baseline")}]
+                }
+            },
             "outputFile": str(tmp_path / "kfp_outputs" / "output_metadata.json"),
         },
     }
@@ -304,8 +318,9 @@ def test_configuration_errors_name_the_setting(tmp_path):
     auto = make_config()
     auto.data.split_mode = "auto"
     with pytest.raises(ConfigError, match="data.split_mode"):
-        runner.resolve_split_mode(runner.kubeflow_config(auto, pipeline_root=PIPELINE_ROOT,
-                                                         data_root=str(tmp_path / "not-here")))
+        runner.resolve_split_mode(
+            runner.kubeflow_config(auto, pipeline_root=PIPELINE_ROOT, data_root=str(tmp_path / "not-here"))
+        )
     with pytest.raises(ConfigError, match="trainer_memory"):
         runner.memory_gb("lots")
     assert runner.memory_gb("512M") == pytest.approx(0.512)

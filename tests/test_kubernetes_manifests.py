@@ -145,8 +145,8 @@ def pod_specs(objects: List[Obj]) -> Iterator[Tuple[str, Obj]]:
 
 
 def containers(spec: Obj) -> List[Obj]:
-    return list(spec.get("initContainers") or []) + list(spec.get("ephemeralContainers") or []) + list(
-        spec["containers"]
+    return (
+        list(spec.get("initContainers") or []) + list(spec.get("ephemeralContainers") or []) + list(spec["containers"])
     )
 
 
@@ -169,8 +169,16 @@ def image_parts(image: str) -> Tuple[str, str]:
 
 
 _UNITS = {
-    "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
+    "m": 1e-3,
+    "": 1.0,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
 }
 
 
@@ -199,7 +207,7 @@ def security_violations(where: str, spec: Obj) -> List[str]:
         cw = f"{where}/{c['name']}"
         sc = c.get("securityContext") or {}
 
-        def effective(key):  # container setting wins over the pod's
+        def effective(key, sc=sc):  # container setting wins over the pod's
             return sc.get(key, pod_sc.get(key))
 
         if effective("runAsNonRoot") is not True:
@@ -295,6 +303,7 @@ EXPECTED_OBJECTS = {
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_expected_objects_in_its_namespace(rendered, overlay):
     objects = rendered[overlay]
+
     def base_name(obj):  # generated ConfigMaps carry a content-hash suffix
         name = obj["metadata"]["name"]
         return re.sub(r"-[a-z0-9]{10}$", "", name) if obj["kind"] == "ConfigMap" else name
@@ -657,7 +666,9 @@ def test_dockerfile_base_images_are_pinned(dockerfile_commands):
 def test_dockerfile_installs_project_with_constraints(dockerfile_commands):
     runs = [cmd.value[0] for cmd in dockerfile_commands if cmd.cmd == "RUN"]
     # The project itself (".") with the gpu extra (TF's pinned CUDA wheels), under the constraints.
-    assert any(re.search(r"pip install (.* )?-c constraints\.txt(.* )? \"?\.\[gpu\]\"?(\s|$)", run) for run in runs), runs
+    assert any(re.search(r"pip install (.* )?-c constraints\.txt(.* )? \"?\.\[gpu\]\"?(\s|$)", run) for run in runs), (
+        runs
+    )
     assert "not built in ci" in (REPO / "Dockerfile").read_text().lower()
 
 

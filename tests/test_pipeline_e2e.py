@@ -18,23 +18,38 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
-from components import atomic_pusher
+
 from pipeline.configs import PipelineConfig
-from pipeline.local_runner import component_timings, latest_artifact_uri
+from pipeline.reporting.run_records import component_timings, latest_artifact_uri
+from serving import model_versions
+
+pytestmark = pytest.mark.slow  # whole pipeline runs: `make test-fast` leaves them out
 
 CLASSES, PER_CLASS = 3, 30
 COMMON = [
-    f"data.sample_classes={CLASSES}", f"data.sample_per_class={PER_CLASS}",
-    "trainer.image_size=96", "trainer.batch_size=16", "trainer.phase1_epochs=6", "trainer.phase2_epochs=2",
-    f"beam_args={json.dumps(IN_MEMORY_BEAM)}", "eval.accuracy_floor=0.7",
+    f"data.sample_classes={CLASSES}",
+    f"data.sample_per_class={PER_CLASS}",
+    "trainer.image_size=96",
+    "trainer.batch_size=16",
+    "trainer.phase1_epochs=6",
+    "trainer.phase2_epochs=2",
+    f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
+    "eval.accuracy_floor=0.7",
 ]
 
 
 def ftune_run(root, *overrides, timeout=600):
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--pipeline-root", str(root),
-           "--weights", pretrained_weights_path()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "--pipeline-root",
+        str(root),
+        "--weights",
+        pretrained_weights_path(),
+    ]
     for item in list(COMMON) + list(overrides):
         cmd += ["--set", item]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -84,12 +99,21 @@ def config(root):
 @pytest.fixture(scope="module")
 def resumed_first_run(root, config):
     """Run 1 killed with SIGKILL once the Trainer starts, then the same command again."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--pipeline-root", str(root),
-           "--weights", pretrained_weights_path()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "--pipeline-root",
+        str(root),
+        "--weights",
+        pretrained_weights_path(),
+    ]
     for item in COMMON:
         cmd += ["--set", item]
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     killed_during_trainer = False
     deadline = time.time() + 600
     for line in process.stdout:
@@ -112,12 +136,13 @@ def resumed_first_run(root, config):
 
 def test_resume_after_sigkill_reuses_upstream_and_pushes_once(resumed_first_run, config):
     killed, resumed, stdout = resumed_first_run
-    assert killed["ImageExampleGen"]["state"] == "ran" and killed["Transform"]["state"] == "ran"
+    assert killed["ImageExampleGen"]["state"] == "complete" and killed["Transform"]["state"] == "complete"
     assert resumed["ImageExampleGen"]["state"] == "cached"
     assert resumed["Transform"]["state"] == "cached"
-    assert resumed["Trainer"]["state"] == "ran"
+    assert resumed["Trainer"]["state"] == "complete"
     assert versions(config) == [1]
-    assert "pushed" in stdout
+    # The console's last word names where version 1 went (not just that something was pushed).
+    assert f"push: {os.path.join(config.serving_model_dir, '1')}" in stdout, stdout[-2000:]
 
 
 def test_first_model_is_well_above_chance(resumed_first_run, config):
@@ -176,7 +201,7 @@ def test_no_train_serve_skew(good_run, config):
     import keras
     import tensorflow_transform as tft
 
-    from components import image_transform
+    from trainer.features import parse_images
 
     model_uri = latest_artifact_uri(config, "Trainer", "model")
     run_uri = latest_artifact_uri(config, "Trainer", "model_run")
@@ -187,12 +212,13 @@ def test_no_train_serve_skew(good_run, config):
     files = tf.io.gfile.glob(os.path.join(transformed_uri, "Split-eval", "*"))
     records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").take(8).as_numpy_iterator())
     features = tf.io.parse_example(records, spec)
-    images = image_transform.parse_images(features["image_raw"], 96)
+    images = parse_images(features["image_raw"], 96)
     in_training = tf.nn.softmax(keras_model(images, training=False), axis=-1).numpy()
 
     exported = tf.saved_model.load(os.path.join(model_uri, "Format-Serving"))
-    raw = [open(os.path.join(config.sample_data_dir, name.decode()), "rb").read()
-           for name in features["file_name"].numpy()]
+    raw = [
+        open(os.path.join(config.sample_data_dir, name.decode()), "rb").read() for name in features["file_name"].numpy()
+    ]
     served = exported.signatures["serving_default"](image_bytes=tf.constant(raw))["probabilities"].numpy()
     np.testing.assert_allclose(served, in_training, atol=1e-5)
 
@@ -203,8 +229,12 @@ def test_no_train_serve_skew(good_run, config):
 def test_polling_reader_only_sees_complete_versions(tmp_path):
     source = tmp_path / "model"
     (source / "variables").mkdir(parents=True)
-    files = {"saved_model.pb": 3_000_000, "variables/variables.data-00000-of-00001": 40_000_000,
-             "variables/variables.index": 200_000, "fingerprint.pb": 100}
+    files = {
+        "saved_model.pb": 3_000_000,
+        "variables/variables.data-00000-of-00001": 40_000_000,
+        "variables/variables.index": 200_000,
+        "fingerprint.pb": 100,
+    }
     rng = np.random.default_rng(0)
     for name, size in files.items():
         (source / name).write_bytes(rng.bytes(size))
@@ -226,7 +256,7 @@ def test_polling_reader_only_sees_complete_versions(tmp_path):
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        pushed = [atomic_pusher.push_atomically(str(source), str(serving)) for _ in range(3)]
+        pushed = [model_versions.push_atomically(str(source), str(serving)) for _ in range(3)]
     finally:
         stop.set()
         thread.join()
@@ -234,5 +264,5 @@ def test_polling_reader_only_sees_complete_versions(tmp_path):
     assert polls[0] > 10, "the reader must have polled during the pushes"
     assert seen_incomplete == []
     assert sorted(os.listdir(serving)) == ["1", "2", "3"]  # no staging leftovers
-    assert atomic_pusher.prune_versions(str(serving), keep=2) == [1]
+    assert model_versions.prune_versions(str(serving), keep=2) == [1]
     assert sorted(os.listdir(serving)) == ["2", "3"]

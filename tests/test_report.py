@@ -12,16 +12,17 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import IN_MEMORY_BEAM, pretrained_weights_path
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 from tensorflow_model_analysis.proto import validation_result_pb2
 
-from conftest import IN_MEMORY_BEAM, pretrained_weights_path
 from components.fine_tune_trainer import HISTORY_FILE
 from components.image_example_gen import REPORT_FILE
-from pipeline import report
 from pipeline.configs import PipelineConfig
-from pipeline.local_runner import ensure_sample_data, latest_artifact_uri, run_local
+from pipeline.local_runner import ensure_sample_data, run_local
+from pipeline.reporting import report, run_records
+from pipeline.reporting.run_records import latest_artifact_uri
 
 # Characters that must be escaped in HTML: the quarantine table shows this path.
 BAD_FILE = 'not <an> image & "quoted".jpg'
@@ -34,8 +35,9 @@ RED = (255, 0, 0)  # titles of wrongly classified images
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(config, index.html path, report_data) of one full pipeline run."""
-    config = PipelineConfig(pipeline_root=str(tmp_path_factory.mktemp("report") / "root"),
-                            beam_args=list(IN_MEMORY_BEAM))
+    config = PipelineConfig(
+        pipeline_root=str(tmp_path_factory.mktemp("report") / "root"), beam_args=list(IN_MEMORY_BEAM)
+    )
     config.data.sample_classes = 2
     config.data.sample_per_class = 40
     config.data.max_quarantine_fraction = 0.05  # 1 bad file of 81
@@ -75,6 +77,7 @@ def _read_json(path):
 # --- the full run ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_files_and_figures(run):
     config, index, data = run
     out_dir = os.path.dirname(index)
@@ -102,6 +105,7 @@ def test_report_files_and_figures(run):
         assert os.path.getsize(os.path.join(out_dir, name)) > 10_000
 
 
+@pytest.mark.slow
 def test_html_shows_figures_classes_gate_and_escaped_quarantine(run):
     config, index, data = run
     with open(index, encoding="utf-8") as f:
@@ -125,6 +129,7 @@ def test_html_shows_figures_classes_gate_and_escaped_quarantine(run):
     assert (html.escape(push["destination"]) in page) if push["pushed"] else ("Nothing pushed" in page)
 
 
+@pytest.mark.slow
 def test_report_data_matches_the_artifacts(run):
     config, index, data = run
     json.dumps(data)  # serialisable as it is
@@ -153,12 +158,13 @@ def test_report_data_matches_the_artifacts(run):
     assert sum(map(sum, pred["confusion_matrix"])) == n_eval
     assert pred["class_names"] == ingest["class_names"] and len(pred["confusion_matrix"]) == 2
     assert [sum(row) for row in pred["confusion_matrix"]] == [
-        ingest["accepted_per_split"]["eval"].get(name, 0) for name in pred["class_names"]]
+        ingest["accepted_per_split"]["eval"].get(name, 0) for name in pred["class_names"]
+    ]
 
     gate = data["gate"]
     blessing_uri = latest_artifact_uri(config, "Evaluator", "blessing")
     assert gate["blessed"] == os.path.exists(os.path.join(blessing_uri, "BLESSED"))
-    assert gate["metric"] == "binary_accuracy"  # two classes
+    assert gate["metric"] == "sparse_categorical_accuracy"  # the same metric for two classes as for many
     assert gate["accuracy_floor"] == config.eval.accuracy_floor
     assert gate["baseline_accuracy"] is None and gate["baseline_version"] is None
     assert gate["max_accuracy_drop"] is None  # nothing served before: the drop was not applied
@@ -177,6 +183,7 @@ def test_report_data_matches_the_artifacts(run):
     assert _read_json(os.path.join(os.path.dirname(index), report.DATA_FILE))["ingestion"] == ing
 
 
+@pytest.mark.slow
 def test_summary_lines(run):
     _, _, data = run
     lines = report.summary_lines(data)
@@ -191,12 +198,16 @@ def test_summary_lines(run):
 
 def _narrowed(config, last_node):
     """The run's MLMD view as if the pipeline had stopped after `last_node`."""
-    real = report.load_run(config)
+    real = run_records.load_run(config)
     kept = report.NODES[: report.NODES.index(last_node) + 1]
-    return report.RunView(run_id=real.run_id, states={n: s for n, s in real.states.items() if n in kept},
-                          outputs={k: a for k, a in real.outputs.items() if k[0] in kept})
+    return run_records.RunView(
+        run_id=real.run_id,
+        states={n: s for n, s in real.states.items() if n in kept},
+        outputs={k: a for k, a in real.outputs.items() if k[0] in kept},
+    )
 
 
+@pytest.mark.slow
 def test_run_stopped_after_trainer_reports_what_is_missing(run, tmp_path, monkeypatch):
     config, _, _ = run
     view = _narrowed(config, "Trainer")
@@ -217,6 +228,7 @@ def test_run_stopped_after_trainer_reports_what_is_missing(run, tmp_path, monkey
     assert os.path.getsize(out_dir / report.EVAL_GRID_PNG) > 10_000  # redrawn, not the stale file
 
 
+@pytest.mark.slow
 def test_ingest_only_run_has_no_figures(run, tmp_path, monkeypatch):
     config, _, _ = run
     view = _narrowed(config, "SchemaGen")
@@ -278,7 +290,13 @@ def test_failed_thresholds_name_slice_value_and_limit():
 def test_not_pushed_says_why():
     artifact = metadata_store_pb2.Artifact(uri="/x/Pusher/pushed_model/9")
     artifact.custom_properties["pushed"].int_value = 0
-    view = report.RunView(run_id="r1", states={"Pusher": "complete"}, outputs={("Pusher", "pushed_model"): artifact})
+    view = run_records.RunView(
+        run_id="r1", states={"Pusher": "complete"}, outputs={("Pusher", "pushed_model"): artifact}
+    )
     push = report._push(view, {"decision": "NOT BLESSED: ...", "baseline_version": None})
-    assert push == {"pushed": False, "destination": None, "version": None,
-                    "reason": "the Evaluator did not bless the model (see the gate decision)"}
+    assert push == {
+        "pushed": False,
+        "destination": None,
+        "version": None,
+        "reason": "the Evaluator did not bless the model (see the gate decision)",
+    }

@@ -45,6 +45,7 @@ def colour_set(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ layout and names
 
+
 def test_folders_files_and_counts(small_set):
     root, counts = small_set
     assert counts == {"circle": 60, "square": 60, "triangle": 60}
@@ -70,13 +71,16 @@ def test_class_names_are_readable_words_in_a_fixed_order(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(SHAPE_NAMES[:8])
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"classes": 1}, "at least 2"),
-    ({"classes": 0}, "at least 2"),
-    ({"classes": len(SHAPE_NAMES) + 1}, f"at most {len(SHAPE_NAMES)}"),
-    ({"per_class": 0}, "per_class must be at least 1"),
-    ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"classes": 1}, "at least 2"),
+        ({"classes": 0}, "at least 2"),
+        ({"classes": len(SHAPE_NAMES) + 1}, f"at most {len(SHAPE_NAMES)}"),
+        ({"per_class": 0}, "per_class must be at least 1"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_invalid_arguments_raise_before_writing(tmp_path, kwargs, fragment):
     out_dir = tmp_path / "out"
     with pytest.raises(ValueError, match=fragment):
@@ -87,11 +91,11 @@ def test_invalid_arguments_raise_before_writing(tmp_path, kwargs, fragment):
 def test_progress_is_reported_every_100_images(tmp_path):
     messages = []
     generate_sample_data(str(tmp_path), classes=3, per_class=70, seed=0, progress=messages.append)
-    assert messages == ["sample data: 100/210 images", "sample data: 200/210 images",
-                        "sample data: 210/210 images"]
+    assert messages == ["sample data: 100/210 images", "sample data: 200/210 images", "sample data: 210/210 images"]
 
 
 # ---------------------------------------------------------------------------------------------------- determinism
+
 
 def test_same_seed_gives_byte_identical_files(small_set, tmp_path):
     root, _ = small_set
@@ -130,11 +134,13 @@ def test_regenerating_with_another_seed_leaves_one_file_per_image(tmp_path):
         assert len(os.listdir(tmp_path / name)) == 40
     fresh = tmp_path / "fresh"
     generate_sample_data(str(fresh), classes=2, per_class=40, seed=5)
-    assert _files(str(fresh)) == {name: data for name, data in _files(str(tmp_path)).items()
-                                  if not name.startswith("fresh")}
+    assert _files(str(fresh)) == {
+        name: data for name, data in _files(str(tmp_path)).items() if not name.startswith("fresh")
+    }
 
 
 # ----------------------------------------------------------------------------------------- formats, modes, sizes
+
 
 def test_files_decode_and_their_format_matches_the_extension(small_set):
     root, _ = small_set
@@ -165,7 +171,7 @@ def test_modes_and_sizes_vary(small_set):
                 assert alpha.max() == 255 and alpha.min() < 255  # translucent background, opaque shape
     assert set(modes) == {"RGB", "L", "RGBA"}
     assert modes["L"] >= 5 and modes["RGBA"] >= 5 and modes["RGB"] >= 120, modes
-    widths, heights = zip(*sizes)
+    widths, heights = zip(*sizes, strict=True)
     assert min(widths + heights) >= 64 and max(widths + heights) <= 220
     assert max(widths) - min(widths) >= 100 and max(heights) - min(heights) >= 100
     assert len(set(sizes)) >= 100
@@ -175,6 +181,7 @@ def test_modes_and_sizes_vary(small_set):
 
 
 # ------------------------------------------------------------------------------- shape, not colour, is the class
+
 
 def _nearest_centroid_accuracy(features, labels):
     """Leave-one-out accuracy of a nearest-class-mean classifier."""
@@ -257,7 +264,7 @@ def test_only_the_shape_differs_between_classes(seed):
         assert 0.02 < (sample.mask > 0.5).mean() < 0.7, name
     names = list(SHAPE_NAMES)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             mask_a, mask_b = samples[a].mask > 0.5, samples[b].mask > 0.5
             iou = (mask_a & mask_b).sum() / (mask_a | mask_b).sum()
             assert iou < 0.85, (a, b, iou)

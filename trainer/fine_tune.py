@@ -50,16 +50,6 @@ from trainer.model import (
 
 log = logging.getLogger(__name__)
 
-PHASE1_MODES = ("cached_features", "end_to_end")
-PHASE2_MODES = ("cached_prefix", "end_to_end")
-# Defaults for knobs not (yet) in TrainerConfig; read with getattr(cfg, name, default).
-DEFAULT_PHASE1_MODE = "cached_features"
-DEFAULT_PHASE2_MODE = "cached_prefix"
-DEFAULT_CACHE_MAX_MB = 2048
-DEFAULT_CACHE_VARIANTS = 4
-DEFAULT_PHASE2_LR_SCHEDULE = "constant"
-DEFAULT_JIT_COMPILE = False
-
 
 # --- freezing ---------------------------------------------------------------------------------------------
 
@@ -75,8 +65,7 @@ def resolve_fine_tune_at(base: keras.Model, fine_tune_at: float) -> int:
         index = int(fine_tune_at)
     else:
         raise ConfigError(
-            f"config value trainer.fine_tune_at must be a whole layer index >= 1 or a fraction < 1, "
-            f"got {fine_tune_at}"
+            f"config value trainer.fine_tune_at must be a whole layer index >= 1 or a fraction < 1, got {fine_tune_at}"
         )
     if not 1 <= index < n:
         raise ConfigError(
@@ -113,9 +102,7 @@ def _count_trainable_layers(base: keras.Model) -> int:
 # --- compiling --------------------------------------------------------------------------------------------
 
 
-def compile_model(
-    model: keras.Model, learning_rate: float, num_classes: int, jit_compile: bool = DEFAULT_JIT_COMPILE
-) -> None:
+def compile_model(model: keras.Model, learning_rate: float, num_classes: int, jit_compile: bool = False) -> None:
     """Adam + cross-entropy on logits + an accuracy metric that is correct on logits (named "accuracy").
 
     jit_compile defaults to False: Keras 3's "auto" turns XLA on, which on CPU runs these convolutional
@@ -168,9 +155,8 @@ def train_two_phase(
 
     Returns a JSON-serialisable history (see `_History.as_dict`).
     """
-    phase1_mode = _mode(cfg, "phase1_mode", DEFAULT_PHASE1_MODE, PHASE1_MODES)
-    phase2_mode = _mode(cfg, "phase2_mode", DEFAULT_PHASE2_MODE, PHASE2_MODES)
-    jit_compile = bool(getattr(cfg, "jit_compile", DEFAULT_JIT_COMPILE))
+    # The settings were validated when they were loaded (pipeline.configs); they are read here as they are.
+    phase1_mode, phase2_mode, jit_compile = cfg.phase1_mode, cfg.phase2_mode, cfg.jit_compile
     num_classes = _num_classes(model)
     lr1 = float(cfg.learning_rate)
     lr2 = lr1 * float(cfg.fine_tune_lr_factor)
@@ -185,11 +171,14 @@ def train_two_phase(
     if phase2_mode == "cached_prefix":
         cut = choose_prefix_cut(base, resolve_fine_tune_at(base, cfg.fine_tune_at))
     caches = _FeatureCaches.build(
-        model, base, train_ds, eval_ds,
+        model,
+        base,
+        train_ds,
+        eval_ds,
         pooled=phase1_mode == "cached_features" and cfg.phase1_epochs > 0,
         prefix=cut,
         variants=cache_variants(cfg),
-        max_bytes=int(getattr(cfg, "cache_max_mb", DEFAULT_CACHE_MAX_MB)) * 2**20,
+        max_bytes=int(cfg.cache_max_mb) * 2**20,
     )
     if phase1_mode == "cached_features" and cfg.phase1_epochs > 0 and "pooled" not in caches.train:
         phase1_mode = "end_to_end"
@@ -244,20 +233,10 @@ def train_two_phase(
     return history.as_dict()
 
 
-def _mode(cfg: TrainerConfig, name: str, default: str, allowed: Tuple[str, ...]) -> str:
-    value = getattr(cfg, name, default)
-    if value not in allowed:
-        raise ConfigError(f"config value trainer.{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
-
-
 def _phase2_learning_rate(cfg: TrainerConfig, lr2: float, train_data):
     """lr2 (`phase2_lr_schedule: constant`), or (`cosine`) a linear warm-up from 0 to lr2 over the first epoch
     followed by a cosine decay to 0 at the end of the phase-2 epochs."""
-    schedule = getattr(cfg, "phase2_lr_schedule", DEFAULT_PHASE2_LR_SCHEDULE)
-    if schedule not in ("constant", "cosine"):
-        raise ConfigError(f"config value trainer.phase2_lr_schedule must be constant or cosine; got {schedule!r}")
-    if schedule == "constant":
+    if cfg.phase2_lr_schedule == "constant":
         return lr2
     steps = len(train_data) if isinstance(train_data, keras.utils.PyDataset) else int(train_data.cardinality())
     if steps <= 0:  # unknown length (e.g. a filtered dataset): no schedule to size
@@ -327,7 +306,7 @@ class _History:
     def epochs_run(self) -> int:
         return len(self.phase)
 
-    def cache_info(self, caches: "_FeatureCaches", cut: Optional["PrefixCut"], seconds: float) -> None:
+    def cache_info(self, caches: _FeatureCaches, cut: Optional[PrefixCut], seconds: float) -> None:
         self.cache = {"bytes": caches.nbytes(), "seconds": seconds}
         if cut is not None:
             self.cache.update(cut_layer_index=cut.index, cut_layer_name=cut.layer_name)
@@ -385,7 +364,7 @@ def _head_model(model: keras.Model, feature_shape: Tuple[int, ...]) -> keras.Mod
     return keras.Model(features, outputs, name="head")
 
 
-class PrefixCut(object):
+class PrefixCut:
     """Where the base is cut for phase2_mode="cached_prefix": layers [0, index) form the cached prefix."""
 
     def __init__(self, index: int, tensor, layer_name: str):
@@ -453,7 +432,7 @@ def cache_variants(cfg: TrainerConfig) -> int:
     """How many versions of each training image the cached modes keep (see `_FeatureCaches`)."""
     if not cfg.augment:
         return 1
-    wanted = max(1, int(getattr(cfg, "cache_variants", DEFAULT_CACHE_VARIANTS)))
+    wanted = int(cfg.cache_variants)
     if cfg.rotation_factor <= 0:
         return min(wanted, 2)  # the image and its flip are the only versions flip augmentation can produce
     return wanted
@@ -474,8 +453,9 @@ class _FeatureCaches:
         self.eval_labels: Optional[np.ndarray] = None
 
     @classmethod
-    def build(cls, model, base, train_ds, eval_ds, pooled: bool, prefix: Optional[PrefixCut], variants: int,
-              max_bytes: int):
+    def build(
+        cls, model, base, train_ds, eval_ds, pooled: bool, prefix: Optional[PrefixCut], variants: int, max_bytes: int
+    ):
         """One pass of the frozen base over the data. Over `max_bytes` in all, the prefix cache is dropped
         first (its phase falls back to end_to_end), then the pooled one."""
         caches = cls()
@@ -497,7 +477,8 @@ class _FeatureCaches:
                 caches.train, caches.eval = {}, {}
                 log.warning(
                     "the %s feature cache would exceed trainer.cache_max_mb=%d; training that phase end to end",
-                    dropped, max_bytes // 2**20,
+                    dropped,
+                    max_bytes // 2**20,
                 )
         return caches
 
@@ -510,7 +491,7 @@ class _FeatureCaches:
     def feature_shape(self, name: str) -> Tuple[int, ...]:
         return tuple(self.train[name][0].shape[1:])
 
-    def batches(self, name: str, cfg: TrainerConfig) -> "_CachedBatches":
+    def batches(self, name: str, cfg: TrainerConfig) -> _CachedBatches:
         return _CachedBatches(self.train[name], self.train_labels, cfg.batch_size, cfg.seed)
 
     def eval_data(self, name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:

@@ -45,7 +45,6 @@ BASES: Dict[str, BaseSpec] = {
     # "caffe": RGB -> BGR, then subtracts the ImageNet channel means.
     "resnet50": BaseSpec(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
 }
-DEFAULT_BASE = "mobilenet_v2"
 
 
 def get_base_spec(name: str) -> BaseSpec:
@@ -64,7 +63,7 @@ class BasePreprocess(keras.layers.Layer):
     base with the wrong scaling.
     """
 
-    def __init__(self, base_model: str = DEFAULT_BASE, **kwargs):
+    def __init__(self, base_model: str, **kwargs):
         super().__init__(**kwargs)
         self.base_model = base_model
         self._preprocess = get_base_spec(base_model).preprocess_input

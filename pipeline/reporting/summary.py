@@ -39,15 +39,19 @@ def ingest_summary(examples_uri: Optional[str]) -> str:
 def run_summary(config, result: dict, timings: dict) -> str:
     """The end-of-run summary: ingestion, accuracy per phase, gate decision with its numbers, push result,
     per-component times, and where the HTML report is."""
-    from pipeline.report import report_data, summary_lines, write_report
+    from pipeline.reporting.report import report_data, summary_lines, write_report
 
     report_path = write_report(config)
 
     lines = ["", "=" * 72, "run summary", "=" * 72]
     lines += summary_lines(report_data(config, with_predictions=False))
-    lines.append("components: " + ", ".join(
-        f"{node} {t['seconds']:.0f}s{'' if t['state'] == 'ran' else ' (' + t['state'] + ')'}"
-        for node, t in timings.items()))
+    lines.append(
+        "components: "
+        + ", ".join(
+            f"{node} {t['seconds']:.0f}s{'' if t['state'] == 'complete' else ' (' + t['state'] + ')'}"
+            for node, t in timings.items()
+        )
+    )
     lines.append(f"pipeline wall time: {result['wall_s']:.0f} s")
     lines.append(f"report: {report_path}")
     return "\n".join(lines)

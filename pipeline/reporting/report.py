@@ -31,6 +31,8 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.configs import PipelineConfig
+from pipeline.reporting.run_records import RunView, artifact_property, load_run
+from serving.signatures import TF_EXAMPLE_SIGNATURE
 
 log = logging.getLogger("ftune")
 
@@ -53,115 +55,18 @@ LEARNING_CURVES_SIZE = (8.0, 7.5)
 GRID_CELL_SIZE = (2.4, 2.7)
 GRID_IMAGE_MAX_SIDE = 256
 
-NODES = ("ImageExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Trainer",
-         "ServedModelBaseline", "Evaluator", "Pusher")
-_EXECUTION_STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached",
-                     6: "canceled"}
+NODES = (
+    "ImageExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ExampleValidator",
+    "Transform",
+    "Trainer",
+    "ServedModelBaseline",
+    "Evaluator",
+    "Pusher",
+)
 _SERVING_DIR = "Format-Serving"
-_TF_EXAMPLE_SIGNATURE = "serving_tf_example"  # serving/export.py; not imported to keep this module TF-free
-
-
-# --- the latest run in MLMD --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class RunView:
-    """The nodes of one pipeline run: execution state per node and the artifacts each published."""
-
-    run_id: Optional[str] = None
-    states: Dict[str, str] = dataclasses.field(default_factory=dict)
-    outputs: Dict[Tuple[str, str], Any] = dataclasses.field(default_factory=dict)  # (node, key) -> MLMD Artifact
-    absent_reason: str = ""  # set when there is no run at all
-
-    def artifact(self, node: str, key: str) -> Any:
-        return self.outputs.get((node, key))
-
-    def uri(self, node: str, key: str) -> Optional[str]:
-        artifact = self.artifact(node, key)
-        return artifact.uri if artifact is not None else None
-
-    def why_missing(self, node: str) -> str:
-        if self.run_id is None:
-            return self.absent_reason or "no pipeline run recorded"
-        state = self.states.get(node)
-        if state is None:
-            failed = [n for n, s in self.states.items() if s == "failed"]
-            cause = f"{', '.join(failed)} failed" if failed else "the run stopped before it"
-            return f"{node} did not run in the latest run ({self.run_id}): {cause}"
-        if state in ("complete", "cached"):
-            return f"{node} ran ({state}) in the latest run ({self.run_id}) but its output is not available"
-        return f"{node} {state} in the latest run ({self.run_id})"
-
-
-def load_run(config: PipelineConfig) -> RunView:
-    """The latest run of config.pipeline_name recorded in the pipeline root's MLMD store."""
-    if not os.path.exists(config.metadata_path):
-        return RunView(absent_reason=f"no metadata store at {config.metadata_path}: the pipeline has not run here")
-    from ml_metadata.metadata_store import metadata_store
-    from tfx.orchestration import metadata
-
-    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(config.metadata_path))
-    run_context, executions = _latest_run(store, config.pipeline_name)
-    if run_context is None:
-        return RunView(absent_reason=f"no run of pipeline {config.pipeline_name!r} in {config.metadata_path}")
-    view = RunView(run_id=run_context.name)
-    node_of = {}
-    for execution in sorted(executions, key=lambda e: e.id):  # a later execution of a node wins
-        node = _node_name(store, execution.id, config.pipeline_name)
-        if node:
-            node_of[execution.id] = node
-            view.states[node] = _EXECUTION_STATES.get(execution.last_known_state, "unknown")
-    _collect_outputs(store, node_of, view)
-    return view
-
-
-def _latest_run(store, pipeline_name: str) -> Tuple[Any, List[Any]]:
-    """(pipeline_run context, its executions) of the pipeline's newest execution; (None, []) if none."""
-    pipeline_context = store.get_context_by_type_and_name("pipeline", pipeline_name)
-    if pipeline_context is None:
-        return None, []
-    executions = store.get_executions_by_context(pipeline_context.id)
-    if not executions:
-        return None, []
-    newest = max(executions, key=lambda e: e.id)
-    runs = [c for c in store.get_contexts_by_execution(newest.id) if c.type == "pipeline_run"]
-    if not runs:
-        return None, []
-    return runs[0], store.get_executions_by_context(runs[0].id)
-
-
-def _node_name(store, execution_id: int, pipeline_name: str) -> Optional[str]:
-    prefix = f"{pipeline_name}."
-    for context in store.get_contexts_by_execution(execution_id):
-        if context.type == "node" and context.name.startswith(prefix):
-            return context.name[len(prefix):]
-    return None
-
-
-def _collect_outputs(store, node_of: Dict[int, str], view: RunView) -> None:
-    if not node_of:
-        return
-    keyed: Dict[int, Tuple[str, str]] = {}
-    for event in store.get_events_by_execution_ids(list(node_of)):
-        if event.type != event.OUTPUT:
-            continue
-        keys = [step.key for step in event.path.steps if step.HasField("key")]
-        if keys:
-            keyed[event.artifact_id] = (node_of[event.execution_id], keys[0])
-    if not keyed:
-        return
-    for artifact in sorted(store.get_artifacts_by_id(list(keyed)), key=lambda a: a.id):
-        if artifact.state == artifact.LIVE:
-            view.outputs[keyed[artifact.id]] = artifact
-
-
-def _prop(artifact: Any, name: str, default: Any = None) -> Any:
-    """A scalar custom property of an MLMD artifact."""
-    if artifact is None or name not in artifact.custom_properties:
-        return default
-    value = artifact.custom_properties[name]
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else default
 
 
 # --- collecting the numbers ----------------------------------------------------------------------------------------
@@ -257,8 +162,9 @@ def _ingestion(run: RunView) -> Dict[str, Any]:
         "accepted_per_class": {split: dict(sorted(c.items())) for split, c in sorted(per_class.items())},
         "quarantined_count": int(report.get("quarantined_count", len(quarantined))),
         "quarantined_fraction": float(report.get("quarantined_fraction", 0.0)),
-        "quarantined": [{"path": r.get("path", ""), "reason": r.get("reason", "")}
-                        for r in quarantined[:MAX_QUARANTINE_ROWS]],
+        "quarantined": [
+            {"path": r.get("path", ""), "reason": r.get("reason", "")} for r in quarantined[:MAX_QUARANTINE_ROWS]
+        ],
         "class_names": list(report.get("class_names", [])),
         "input_base": report.get("input_base", ""),
         "examples_uri": uri,
@@ -313,17 +219,17 @@ def _predictions(run: RunView, ingestion: Optional[Dict[str, Any]], keep_images:
     if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         raise _Missing(f"no exported SavedModel at {model_dir}")
     loaded = tf.saved_model.load(model_dir)
-    if _TF_EXAMPLE_SIGNATURE not in loaded.signatures:
-        raise _Missing(f"the model at {model_dir} has no {_TF_EXAMPLE_SIGNATURE} signature")
+    if TF_EXAMPLE_SIGNATURE not in loaded.signatures:
+        raise _Missing(f"the model at {model_dir} has no {TF_EXAMPLE_SIGNATURE} signature")
     class_names = _class_names(loaded, model_uri, ingestion)
     tally = _Tally(len(class_names), keep_images)
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(MAX_PREDICT_EXAMPLES)
     for batch in records.batch(PREDICT_BATCH).as_numpy_iterator():
-        outputs = loaded.signatures[_TF_EXAMPLE_SIGNATURE](examples=tf.constant(batch))
+        outputs = loaded.signatures[TF_EXAMPLE_SIGNATURE](examples=tf.constant(batch))
         tally.add(batch, outputs["class_ids"].numpy())
     split_size = (ingestion or {}).get("accepted_per_split", {}).get("eval")
     numbers = tally.numbers(class_names, split_size)
-    numbers.update(signature=_TF_EXAMPLE_SIGNATURE, model_dir=model_dir)
+    numbers.update(signature=TF_EXAMPLE_SIGNATURE, model_dir=model_dir)
     return numbers, tally.grid(class_names)
 
 
@@ -354,14 +260,17 @@ class _Tally:
     def add(self, serialized: Sequence[bytes], predicted: Sequence[int]) -> None:
         import tensorflow as tf
 
-        for record, pred in zip(serialized, predicted):
+        for record, pred in zip(serialized, predicted, strict=True):
             feature = tf.train.Example.FromString(record).features.feature
             true, pred = int(feature["label"].int64_list.value[0]), int(pred)
             self.matrix[true][pred] += 1
             bucket = self.wrong if true != pred else self.right
             if len(bucket) < self.cells:
-                entry = {"file_name": feature["file_name"].bytes_list.value[0].decode("utf-8", "replace"),
-                         "true": true, "predicted": pred}
+                entry = {
+                    "file_name": feature["file_name"].bytes_list.value[0].decode("utf-8", "replace"),
+                    "true": true,
+                    "predicted": pred,
+                }
                 if self.keep_images:
                     entry["image"] = feature["image"].bytes_list.value[0]
                 bucket.append(entry)
@@ -369,8 +278,10 @@ class _Tally:
     def numbers(self, class_names: List[str], split_size: Optional[int]) -> Dict[str, Any]:
         total = sum(map(sum, self.matrix))
         correct = sum(self.matrix[i][i] for i in range(len(self.matrix)))
-        wrong = [{"file_name": e["file_name"], "true": class_names[e["true"]],
-                  "predicted": class_names[e["predicted"]]} for e in self.wrong]
+        wrong = [
+            {"file_name": e["file_name"], "true": class_names[e["true"]], "predicted": class_names[e["predicted"]]}
+            for e in self.wrong
+        ]
         return {
             "class_names": class_names,
             "confusion_matrix": self.matrix,  # rows: true class, columns: predicted class
@@ -400,20 +311,22 @@ def _gate(run: RunView) -> Dict[str, Any]:
     overall, per_class = _accuracies(tfma.load_metrics(uri), thresholds["metric"])
     validation = tfma.load_validation_result(uri)
     baseline = run.artifact("ServedModelBaseline", "baseline_model")
-    served_version = _prop(baseline, "served_version")
+    served_version = artifact_property(baseline, "served_version")
     gate = {
-        "blessed": bool(_prop(blessing, "blessed", 0)) if blessing is not None else bool(validation.validation_ok),
+        "blessed": bool(artifact_property(blessing, "blessed", 0))
+        if blessing is not None
+        else bool(validation.validation_ok),
         "metric": thresholds["metric"],
         "candidate_accuracy": overall.get("candidate"),
         "baseline_accuracy": overall.get("baseline"),
         "baseline_version": served_version if served_version not in (None, -1) else None,
-        "baseline_path": _prop(baseline, "served_path"),
+        "baseline_path": artifact_property(baseline, "served_path"),
         "accuracy_floor": thresholds["floor"],
         "max_accuracy_drop": thresholds["max_drop"],
         "eval_example_count": overall.get("example_count"),
         "per_class_accuracy": per_class,
         "failures": _failures(validation),
-        "evaluated_model": _prop(blessing, "current_model"),
+        "evaluated_model": artifact_property(blessing, "current_model"),
         "evaluation_uri": uri,
     }
     gate["decision"] = _decision(gate)
@@ -491,8 +404,7 @@ def _failure_text(failure) -> str:
     threshold = failure.metric_threshold
     if threshold.HasField("change_threshold"):
         allowed = -threshold.change_threshold.absolute.value
-        return (f"{name} changed by {value:+.3f} against the served model; at most {round(allowed, 6):.3f} "
-                "drop allowed")
+        return f"{name} changed by {value:+.3f} against the served model; at most {round(allowed, 6):.3f} drop allowed"
     if threshold.HasField("value_threshold") and threshold.value_threshold.HasField("lower_bound"):
         return f"{name} {value:.3f} is below the floor {threshold.value_threshold.lower_bound.value:.3f}"
     return f"{name} = {value:.3f} fails {failure.message or 'its threshold'}".strip()
@@ -505,10 +417,14 @@ def _decision(gate: Dict[str, Any]) -> str:
         why = "; ".join(gate["failures"][:5]) or "the Evaluator did not bless the model"
         return f"NOT BLESSED: {why}"
     if gate["baseline_accuracy"] is None:
-        return (f"BLESSED: accuracy {cand} is at least the floor {floor}; no model served yet, so no comparison "
-                "with a baseline")
-    return (f"BLESSED: accuracy {cand} is at least the floor {floor} and at most {_fmt(gate['max_accuracy_drop'])} "
-            f"below the served model (version {gate['baseline_version']}, accuracy {_fmt(gate['baseline_accuracy'])})")
+        return (
+            f"BLESSED: accuracy {cand} is at least the floor {floor}; no model served yet, so no comparison "
+            "with a baseline"
+        )
+    return (
+        f"BLESSED: accuracy {cand} is at least the floor {floor} and at most {_fmt(gate['max_accuracy_drop'])} "
+        f"below the served model (version {gate['baseline_version']}, accuracy {_fmt(gate['baseline_accuracy'])})"
+    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -527,11 +443,11 @@ def _push(run: RunView, gate: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     artifact = run.artifact("Pusher", "pushed_model")
     if artifact is None:
         return {"pushed": None, "destination": None, "version": None, "reason": run.why_missing("Pusher")}
-    if not _prop(artifact, "pushed", 0):
+    if not artifact_property(artifact, "pushed", 0):
         reason = "the Evaluator did not bless the model (see the gate decision)"
         return {"pushed": False, "destination": None, "version": None, "reason": reason}
-    version = _prop(artifact, "pushed_version")
-    destination = _prop(artifact, "pushed_destination")
+    version = artifact_property(artifact, "pushed_version")
+    destination = artifact_property(artifact, "pushed_destination")
     reason = f"pushed as version {version}"
     baseline_version = (gate or {}).get("baseline_version")
     if baseline_version is not None and str(baseline_version) == str(version):
@@ -549,15 +465,18 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
     ingestion = data.get("ingestion")
     if ingestion:
         splits = ", ".join(f"{s} {n}" for s, n in ingestion["accepted_per_split"].items())
-        lines.append(f"ingestion: {ingestion['accepted']} accepted ({splits}), "
-                     f"{ingestion['quarantined_count']} quarantined")
+        lines.append(
+            f"ingestion: {ingestion['accepted']} accepted ({splits}), {ingestion['quarantined_count']} quarantined"
+        )
     else:
         lines.append(f"ingestion: {missing.get('ingestion', 'missing')}")
     training = data.get("training")
     if training:
         acc = training["final_accuracy"]
-        lines.append(f"training: eval accuracy after phase 1 {_fmt(acc.get('phase1'))}, after phase 2 "
-                     f"{_fmt(acc.get('phase2'))} ({_fmt(training['wall_seconds'].get('total'), 1)} s)")
+        lines.append(
+            f"training: eval accuracy after phase 1 {_fmt(acc.get('phase1'))}, after phase 2 "
+            f"{_fmt(acc.get('phase2'))} ({_fmt(training['wall_seconds'].get('total'), 1)} s)"
+        )
     else:
         lines.append(f"training: {missing.get('training', 'missing')}")
     gate = data.get("gate")
@@ -628,8 +547,9 @@ def plot_confusion_matrix(predictions: Dict[str, Any], path: str) -> str:
     colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     labels = [_short(name, 20) for name in names]
     fontsize = 10 if n <= 20 else 7
-    ax.set_xticks(range(n), labels=labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
-                  fontsize=fontsize)
+    ax.set_xticks(
+        range(n), labels=labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=fontsize
+    )
     ax.set_yticks(range(n), labels=labels, fontsize=fontsize)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -637,11 +557,21 @@ def plot_confusion_matrix(predictions: Dict[str, Any], path: str) -> str:
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=10 if n <= 12 else 7,
-                        color="white" if peak and matrix[i][j] > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i][j]),
+                    ha="center",
+                    va="center",
+                    fontsize=10 if n <= 12 else 7,
+                    color="white" if peak and matrix[i][j] > peak / 2 else "black",
+                )
     accuracy = predictions["accuracy"]
-    ax.set_title(f"Eval split: {predictions['total']} examples, accuracy "
-                 f"{accuracy:.1%}" if accuracy is not None else "Eval split: no examples")
+    ax.set_title(
+        f"Eval split: {predictions['total']} examples, accuracy {accuracy:.1%}"
+        if accuracy is not None
+        else "Eval split: no examples"
+    )
     fig.savefig(path)
     return path
 
@@ -666,8 +596,12 @@ def plot_eval_grid(grid: List[Dict[str, Any]], path: str, predictions: Optional[
         entry = grid[index]
         wrong = entry["true"] != entry["predicted"]
         ax.imshow(_thumbnail(entry["image"]))
-        ax.set_title(f"pred: {_short(entry['predicted'], 18)}\ntrue: {_short(entry['true'], 18)}", fontsize=9,
-                     color="red" if wrong else "darkgreen", fontweight="bold" if wrong else "normal")
+        ax.set_title(
+            f"pred: {_short(entry['predicted'], 18)}\ntrue: {_short(entry['true'], 18)}",
+            fontsize=9,
+            color="red" if wrong else "darkgreen",
+            fontweight="bold" if wrong else "normal",
+        )
     fig.suptitle(_grid_title(grid, predictions), fontsize=11)
     fig.savefig(path)
     return path
@@ -724,12 +658,17 @@ def _write_figures(collected: _Collected, out_dir: str) -> Dict[str, str]:
     """{figure file: "" if written, else why not}."""
     data = collected.data
     plots = {
-        LEARNING_CURVES_PNG: (data.get("training"), "training",
-                              lambda p: plot_learning_curves(data["training"], p)),
-        CONFUSION_MATRIX_PNG: (data.get("predictions"), "predictions",
-                               lambda p: plot_confusion_matrix(data["predictions"], p)),
-        EVAL_GRID_PNG: (collected.grid, "predictions",
-                        lambda p: plot_eval_grid(collected.grid, p, data["predictions"])),
+        LEARNING_CURVES_PNG: (data.get("training"), "training", lambda p: plot_learning_curves(data["training"], p)),
+        CONFUSION_MATRIX_PNG: (
+            data.get("predictions"),
+            "predictions",
+            lambda p: plot_confusion_matrix(data["predictions"], p),
+        ),
+        EVAL_GRID_PNG: (
+            collected.grid,
+            "predictions",
+            lambda p: plot_eval_grid(collected.grid, p, data["predictions"]),
+        ),
     }
     status = {}
     for name, (source, section, plot) in plots.items():
@@ -774,8 +713,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Seque
     head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
     cell = ('<td class="num">{}</td>', "<td>{}</td>")
     body = "".join(
-        "<tr>" + "".join(cell[i not in numeric].format(_esc(c)) for i, c in enumerate(row)) + "</tr>"
-        for row in rows)
+        "<tr>" + "".join(cell[i not in numeric].format(_esc(c)) for i, c in enumerate(row)) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -814,9 +753,11 @@ def render_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
 
 
 def _header_html(data: Dict[str, Any]) -> str:
-    return (f"<h1>{_esc(data['pipeline_name'])}: run report</h1>"
-            f'<p class="meta">run {_esc(data["run_id"] or "none")} &middot; pipeline root '
-            f"<code>{_esc(data['pipeline_root'])}</code> &middot; generated {_esc(data['generated_at'])}</p>")
+    return (
+        f"<h1>{_esc(data['pipeline_name'])}: run report</h1>"
+        f'<p class="meta">run {_esc(data["run_id"] or "none")} &middot; pipeline root '
+        f"<code>{_esc(data['pipeline_root'])}</code> &middot; generated {_esc(data['generated_at'])}</p>"
+    )
 
 
 def _verdict_html(data: Dict[str, Any]) -> str:
@@ -844,15 +785,24 @@ def _ingestion_html(data: Dict[str, Any]) -> str:
     splits = ing["accepted_per_split"]
     summary = _table(
         ("scanned", "accepted", *[f"accepted ({s})" for s in splits], "quarantined"),
-        [(ing["scanned"], ing["accepted"], *splits.values(),
-          f"{ing['quarantined_count']} ({ing['quarantined_fraction']:.1%})")],
-        numeric=range(3 + len(splits)))
+        [
+            (
+                ing["scanned"],
+                ing["accepted"],
+                *splits.values(),
+                f"{ing['quarantined_count']} ({ing['quarantined_fraction']:.1%})",
+            )
+        ],
+        numeric=range(3 + len(splits)),
+    )
     per_class = ing["accepted_per_class"]
     rows = [(name, *[per_class[s].get(name, 0) for s in splits]) for name in ing["class_names"]]
     classes = _table(("class", *splits), rows, numeric=range(1, 1 + len(splits)))
-    return (f"<h2>Ingestion</h2><p>Images from <code>{_esc(ing['input_base'])}</code>; report "
-            f"<code>{_esc(ing['report_path'])}</code>.</p>{summary}<p>Accepted images per class and split:</p>"
-            f"{classes}")
+    return (
+        f"<h2>Ingestion</h2><p>Images from <code>{_esc(ing['input_base'])}</code>; report "
+        f"<code>{_esc(ing['report_path'])}</code>.</p>{summary}<p>Accepted images per class and split:</p>"
+        f"{classes}"
+    )
 
 
 def _quarantine_html(data: Dict[str, Any]) -> str:
@@ -863,10 +813,15 @@ def _quarantine_html(data: Dict[str, Any]) -> str:
         return "<h2>Quarantine</h2><p>No file was quarantined.</p>"
     table = _table(("path", "reason"), [(r["path"], r["reason"]) for r in ing["quarantined"]])
     more = ing["quarantined_count"] - len(ing["quarantined"])
-    note = (f"<p>&hellip; and {more} more; the full list is in <code>{_esc(ing['report_path'])}</code>.</p>"
-            if more > 0 else "")
-    return (f"<h2>Quarantine</h2><p>{ing['quarantined_count']} file(s) were set aside and never reached "
-            f"training:</p>{table}{note}")
+    note = (
+        f"<p>&hellip; and {more} more; the full list is in <code>{_esc(ing['report_path'])}</code>.</p>"
+        if more > 0
+        else ""
+    )
+    return (
+        f"<h2>Quarantine</h2><p>{ing['quarantined_count']} file(s) were set aside and never reached "
+        f"training:</p>{table}{note}"
+    )
 
 
 def _training_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
@@ -876,14 +831,29 @@ def _training_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
     acc, wall = tr["final_accuracy"], tr["wall_seconds"]
     rows = []
     for phase, label in (("phase1", "1: base frozen, new head"), ("phase2", "2: top of the base fine-tuned")):
-        rows.append((label, tr["epochs_per_phase"].get(phase, 0), _fmt(acc.get(phase)),
-                     _fmt(wall.get(phase), 1), tr["modes"].get(phase, ""), tr["learning_rates"].get(phase, "")))
-    table = _table(("phase", "epochs", "eval accuracy after", "wall s", "mode", "learning rate"), rows,
-                   numeric=(1, 2, 3))
-    total = (f"<p>Total training wall time {_esc(_fmt(wall.get('total'), 1))} s (feature cache "
-             f"{_esc(_fmt(wall.get('feature_cache'), 1))} s); history <code>{_esc(tr['history_path'])}</code>.</p>")
-    return ("<h2>Training</h2>" + table + total
-            + _figure_html(LEARNING_CURVES_PNG, figures, "training and validation accuracy and loss per epoch"))
+        rows.append(
+            (
+                label,
+                tr["epochs_per_phase"].get(phase, 0),
+                _fmt(acc.get(phase)),
+                _fmt(wall.get(phase), 1),
+                tr["modes"].get(phase, ""),
+                tr["learning_rates"].get(phase, ""),
+            )
+        )
+    table = _table(
+        ("phase", "epochs", "eval accuracy after", "wall s", "mode", "learning rate"), rows, numeric=(1, 2, 3)
+    )
+    total = (
+        f"<p>Total training wall time {_esc(_fmt(wall.get('total'), 1))} s (feature cache "
+        f"{_esc(_fmt(wall.get('feature_cache'), 1))} s); history <code>{_esc(tr['history_path'])}</code>.</p>"
+    )
+    return (
+        "<h2>Training</h2>"
+        + table
+        + total
+        + _figure_html(LEARNING_CURVES_PNG, figures, "training and validation accuracy and loss per epoch")
+    )
 
 
 def _evaluation_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
@@ -894,23 +864,34 @@ def _evaluation_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
     scope = f"all {pred['total']}"
     if pred["truncated"]:
         scope = f"the first {pred['total']} of {pred['eval_split_size'] or 'more'}"
-    text = (f"<p>Predictions of the exported model (<code>{_esc(pred['signature'])}</code> signature of "
-            f"<code>{_esc(pred['model_dir'])}</code>) on {_esc(scope)} eval examples: "
-            f"{pred['correct']} correct ({_esc(_fmt(pred['accuracy']))}). Classes: "
-            f"{_esc(', '.join(pred['class_names']))}.</p>")
-    return ("<h2>Evaluation on the eval split</h2>" + text
-            + _figure_html(CONFUSION_MATRIX_PNG, figures, "confusion matrix on the eval split")
-            + _figure_html(EVAL_GRID_PNG, figures, "eval images with predicted and true labels"))
+    text = (
+        f"<p>Predictions of the exported model (<code>{_esc(pred['signature'])}</code> signature of "
+        f"<code>{_esc(pred['model_dir'])}</code>) on {_esc(scope)} eval examples: "
+        f"{pred['correct']} correct ({_esc(_fmt(pred['accuracy']))}). Classes: "
+        f"{_esc(', '.join(pred['class_names']))}.</p>"
+    )
+    return (
+        "<h2>Evaluation on the eval split</h2>"
+        + text
+        + _figure_html(CONFUSION_MATRIX_PNG, figures, "confusion matrix on the eval split")
+        + _figure_html(EVAL_GRID_PNG, figures, "eval images with predicted and true labels")
+    )
 
 
 def _gate_html(data: Dict[str, Any]) -> str:
     gate = data.get("gate")
     if gate is None:
         return "<h2>Gate (Evaluator)</h2>" + _missing_html(data["missing"].get("gate", "no evaluation"))
-    baseline = (f"{_fmt(gate['baseline_accuracy'])} (served version {gate['baseline_version']})"
-                if gate["baseline_accuracy"] is not None else "none served")
-    drop = (_fmt(gate["max_accuracy_drop"]) if gate["max_accuracy_drop"] is not None
-            else "not applied (no served model to compare with)")
+    baseline = (
+        f"{_fmt(gate['baseline_accuracy'])} (served version {gate['baseline_version']})"
+        if gate["baseline_accuracy"] is not None
+        else "none served"
+    )
+    drop = (
+        _fmt(gate["max_accuracy_drop"])
+        if gate["max_accuracy_drop"] is not None
+        else "not applied (no served model to compare with)"
+    )
     rows = [
         ("decision", "BLESSED" if gate["blessed"] else "NOT BLESSED"),
         (f"candidate {gate['metric']}", _fmt(gate["candidate_accuracy"])),
@@ -919,21 +900,31 @@ def _gate_html(data: Dict[str, Any]) -> str:
         ("allowed drop vs. served model", drop),
         ("eval examples", _fmt(gate["eval_example_count"])),
     ]
-    per_class = _table(("class", f"candidate {gate['metric']}"),
-                       [(c, _fmt(v)) for c, v in gate["per_class_accuracy"].items()], numeric=(1,))
-    failures = ("<p>Failed thresholds:</p><ul>" + "".join(f"<li>{_esc(f)}</li>" for f in gate["failures"])
-                + "</ul>") if gate["failures"] else ""
-    return (f"<h2>Gate (Evaluator)</h2><p>{_esc(gate['decision'])}</p>{_kv_table(rows)}{failures}"
-            "<p>TFMA checks the thresholds on every slice of the eval split: all of it, and each class.</p>"
-            f"<p>Per class (TFMA slices):</p>{per_class}<p class=\"meta\">evaluation "
-            f"<code>{_esc(gate['evaluation_uri'])}</code></p>")
+    per_class = _table(
+        ("class", f"candidate {gate['metric']}"),
+        [(c, _fmt(v)) for c, v in gate["per_class_accuracy"].items()],
+        numeric=(1,),
+    )
+    failures = (
+        ("<p>Failed thresholds:</p><ul>" + "".join(f"<li>{_esc(f)}</li>" for f in gate["failures"]) + "</ul>")
+        if gate["failures"]
+        else ""
+    )
+    return (
+        f"<h2>Gate (Evaluator)</h2><p>{_esc(gate['decision'])}</p>{_kv_table(rows)}{failures}"
+        "<p>TFMA checks the thresholds on every slice of the eval split: all of it, and each class.</p>"
+        f'<p>Per class (TFMA slices):</p>{per_class}<p class="meta">evaluation '
+        f"<code>{_esc(gate['evaluation_uri'])}</code></p>"
+    )
 
 
 def _push_html(data: Dict[str, Any]) -> str:
     push = data.get("push") or {}
     if push.get("pushed"):
-        body = (f"<p>Pushed to <code>{_esc(push['destination'])}</code> (version {_esc(push['version'])}): "
-                f"{_esc(push['reason'])}.</p>")
+        body = (
+            f"<p>Pushed to <code>{_esc(push['destination'])}</code> (version {_esc(push['version'])}): "
+            f"{_esc(push['reason'])}.</p>"
+        )
     else:
         body = f"<p>Nothing pushed: {_esc(push.get('reason', 'unknown'))}.</p>"
     return "<h2>Push</h2>" + body

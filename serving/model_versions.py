@@ -1,0 +1,137 @@
+"""TF Serving's model folder, `<serving base>/<model name>/<version>/`: list, publish and prune versions.
+
+TF Serving polls the model base path and serves the highest integer-named version that holds a
+`saved_model.pb`. Everything the product does to that folder goes through this module: the served-model
+baseline reads it, the Pusher publishes into it, and the CLI lists it.
+
+Publishing is atomic on local/PVC paths: the model is copied into a hidden staging folder beside the versions
+(TF Serving ignores names that are not integers) and then renamed to its version number; a rename within one
+filesystem is atomic, so a poller sees either no new version or a complete one. Versions are 1, 2, 3, ...
+(highest + 1), which TF Serving orders numerically. Object stores (gs://, s3://) have no atomic rename; there TF
+Serving's own check for `saved_model.pb` (copied last) is what protects a poller.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import List, Optional, Tuple
+
+from tfx.dsl.io import fileio
+from tfx.utils import io_utils
+
+STAGING_PREFIX = ".staging-"
+NO_SERVED_VERSION = -1
+
+
+def served_versions(serving_model_dir: str) -> List[int]:
+    """Complete versions in TF Serving's layout: integer-named folders holding a saved_model.pb, ascending.
+
+    Staging folders of an in-progress push have non-numeric names (TF Serving ignores them, and so do we)."""
+    # fileio: the serving directory is a mounted volume or a gs:// / s3:// URI that TF Serving reads natively.
+    if not fileio.isdir(serving_model_dir):
+        return []
+    versions = []
+    for name in fileio.listdir(serving_model_dir):
+        name = name.rstrip("/")
+        if name.isdigit() and fileio.exists(os.path.join(serving_model_dir, name, "saved_model.pb")):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def latest_served(serving_model_dir: str) -> Tuple[int, Optional[str]]:
+    versions = served_versions(serving_model_dir)
+    if not versions:
+        return NO_SERVED_VERSION, None
+    return versions[-1], os.path.join(serving_model_dir, str(versions[-1]))
+
+
+def serving_state(serving_model_dir: str) -> str:
+    """A string that changes whenever the served versions change.
+
+    It is an execution property, so the component's cached result is reused only while the serving directory is
+    unchanged: a model pushed by the previous run becomes the next run's baseline."""
+    parts = []
+    for version in served_versions(serving_model_dir):
+        stat = fileio.stat(os.path.join(serving_model_dir, str(version), "saved_model.pb"))
+        parts.append(f"{version}:{int(stat.mtime_nsec // 10**9)}")
+    return ",".join(parts) or "none"
+
+
+def push(model_path: str, serving_model_dir: str) -> int:
+    """Pushes model_path as the next version of serving_model_dir; returns the version."""
+    if "://" in serving_model_dir:
+        return push_to_object_store(model_path, serving_model_dir)
+    return push_atomically(model_path, serving_model_dir)
+
+
+def push_to_object_store(model_path: str, serving_model_dir: str) -> int:
+    """gs:// or s3://: no atomic rename, so copy saved_model.pb last (TF Serving loads a version only once that
+    file exists), as TFX's own Pusher does."""
+    version = (served_versions(serving_model_dir) or [0])[-1] + 1
+    target = os.path.join(serving_model_dir, str(version))
+    io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb$"])
+    io_utils.copy_file(os.path.join(model_path, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
+    return version
+
+
+def push_atomically(model_path: str, serving_model_dir: str) -> int:
+    """Copies model_path to serving_model_dir/<next version> via a staged rename; returns the version."""
+    os.makedirs(serving_model_dir, exist_ok=True)
+    staging = os.path.join(serving_model_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+    try:
+        # The model is an artifact (gs:// on Kubeflow): read it through TFX's filesystem layer.
+        io_utils.copy_dir(model_path, staging)
+        _fsync_tree(staging)
+        while True:
+            version = (served_versions(serving_model_dir) or [0])[-1] + 1
+            target = os.path.join(serving_model_dir, str(version))
+            try:
+                # os.rename onto an existing non-empty folder fails, so a concurrent push cannot be overwritten.
+                os.rename(staging, target)
+                return version
+            except OSError:
+                if not os.path.exists(target):
+                    raise
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def same_model_served(model_path: str, serving_model_dir: str) -> int:
+    """The served version holding this very SavedModel (same `fingerprint.pb`: graph and weights hashes), or 0.
+
+    Re-running an unchanged pipeline re-evaluates against the served copy of the same model and blesses it;
+    pushing it again would only add a duplicate version."""
+    candidate = os.path.join(model_path, "fingerprint.pb")
+    if not fileio.exists(candidate):
+        return 0
+    with fileio.open(candidate, "rb") as f:
+        fingerprint = f.read()
+    for version in reversed(served_versions(serving_model_dir)):
+        served = os.path.join(serving_model_dir, str(version), "fingerprint.pb")
+        if fileio.exists(served):
+            with fileio.open(served, "rb") as f:
+                if f.read() == fingerprint:
+                    return version
+    return 0
+
+
+def _fsync_tree(root: str) -> None:
+    """Flush the copied files before the rename publishes them (a crash must not leave a torn version)."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+
+
+def prune_versions(serving_model_dir: str, keep: int) -> List[int]:
+    """Deletes all but the newest `keep` versions (0 keeps all); returns the deleted ones."""
+    versions = served_versions(serving_model_dir)
+    if keep <= 0 or len(versions) <= keep:
+        return []
+    doomed = versions[:-keep]
+    for version in doomed:
+        fileio.rmtree(os.path.join(serving_model_dir, str(version)))
+    return doomed
