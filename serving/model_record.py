@@ -3,13 +3,32 @@
 It says where the version came from (input folders and their fingerprint, images per class, settings, metrics,
 the baseline it was compared with, code version, pipeline run, times), so a version can be listed, compared,
 rolled back to, or recognised as "already trained on exactly this data" without MLMD.
+
+The record's keys (all JSON; a key a writer cannot know is present with a null value):
+
+    version          int: the version folder's number
+    kind             "trained" | "rollback"
+    rollback_of      int | null: for kind "rollback", the version whose model this one re-publishes
+    pushed_at        ISO-8601 UTC time of the push
+    started_at, ended_at   ISO-8601 UTC times of the pipeline run that produced the model
+    pipeline_run     the run's id (MLMD run context / KFP run id)
+    code_version     ftune's version (and git commit when known)
+    labels           [class name, ...] in label-id order
+    data             {"roots": [...], "spans": [...], "fingerprint": files_fingerprint(...),
+                      "images_per_class": {"train": {class: n}, "eval": {class: n}}}
+    settings         the full PipelineConfig as a dict (configs.PipelineConfig.to_dict())
+    metrics          {"accuracy": x, "macro_recall": x, "recall_per_class": {class: x}, "examples_per_class": {..}}
+    gate             {"baseline_version": int | null, "blessed": bool, "decision": "...",
+                      "change_thresholds_used": bool}
+    warm_start       {"from_version": int | null, "reason": "..."}
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from tfx.dsl.io import fileio
 
@@ -37,3 +56,15 @@ def write_record(version_dir: str, record: Dict[str, Any]) -> str:
     with fileio.open(path, "w") as f:
         f.write(json.dumps(record, indent=2, sort_keys=True))
     return path
+
+
+def files_fingerprint(entries: Iterable[Tuple[str, int, int]]) -> str:
+    """A fingerprint of input files from (relative path, size in bytes, modification time in ns) triples.
+
+    Order-independent; any file added, removed, renamed, resized or touched changes it. Contents are not read:
+    hashing every image of a large data set on each scheduled run would cost as much as ingesting it.
+    """
+    digest = hashlib.sha256()
+    for path, size, mtime_ns in sorted(entries):
+        digest.update(f"{path}\0{int(size)}\0{int(mtime_ns)}\n".encode())
+    return "sha256:" + digest.hexdigest()
