@@ -30,11 +30,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 
 WORKDIR /src
-# The whole (filtered, see .dockerignore) source tree: the project is installed, not run from here.
+# The whole (filtered, see .dockerignore) source tree, only to build the wheel: the runtime stage has no sources.
 COPY . .
-# Every dependency at the version pinned in constraints.txt, the same set the tests run against, plus the
-# CUDA/cuDNN wheels (the gpu extra) so the Trainer uses the GPU on GPU nodes (harmless on CPU nodes).
-RUN pip install -c constraints.txt ".[gpu]"
+# The project as a built wheel (the artifact tests/test_kfp_spec_execution.py installs alone and runs the
+# compiled spec from), then every dependency at the version pinned in constraints.txt -- the set the tests run
+# against -- plus the CUDA/cuDNN wheels (the gpu extra) so the Trainer uses the GPU on GPU nodes.
+RUN pip wheel --no-deps -w /wheels . \
+    && pip install -c constraints.txt "$(ls /wheels/ftune-*.whl)[gpu]"
 
 # ---- runtime -----------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

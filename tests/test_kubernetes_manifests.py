@@ -663,24 +663,56 @@ def test_dockerfile_base_images_are_pinned(dockerfile_commands):
         assert re.match(r"(3\.10\.\d+|sha256:)", tag) or re.match(r"\d+\.\d+\.\d+", tag), image
 
 
-def test_dockerfile_installs_project_with_constraints(dockerfile_commands):
-    runs = [cmd.value[0] for cmd in dockerfile_commands if cmd.cmd == "RUN"]
-    # The project itself (".") with the gpu extra (TF's pinned CUDA wheels), under the constraints.
-    assert any(re.search(r"pip install (.* )?-c constraints\.txt(.* )? \"?\.\[gpu\]\"?(\s|$)", run) for run in runs), (
-        runs
-    )
+def stages(dockerfile_commands):
+    """{stage index: the commands of that stage}; the last one is the runtime image."""
+    result, current = [], None
+    for cmd in dockerfile_commands:
+        if cmd.cmd == "FROM":
+            current = []
+            result.append(current)
+        elif current is not None:
+            current.append(cmd)
+    return result
+
+
+def test_dockerfile_installs_the_built_wheel_with_constraints(dockerfile_commands):
+    build, runtime = stages(dockerfile_commands)[0], stages(dockerfile_commands)[-1]
+    runs = " && ".join(cmd.value[0] for cmd in build if cmd.cmd == "RUN")
+    # The project is built into a wheel, and that wheel (gpu extra: TF's pinned CUDA wheels) is what gets installed,
+    # with every dependency pinned by constraints.txt: the same artifact tests/test_kfp_spec_execution.py runs.
+    assert re.search(r"pip wheel --no-deps -w /wheels \.(\s|$)", runs), runs
+    assert re.search(r'pip install -c constraints\.txt "\$\(ls /wheels/ftune-\*\.whl\)\[gpu\]"', runs), runs
+    assert not re.search(r"pip install [^&]*(-e |--editable|\s\.\[|\s\.(\s|$))", runs), "source-tree install: " + runs
+    # The runtime image gets the virtualenv only, never the source tree, and nothing puts sources on PYTHONPATH.
+    copies = [cmd.value for cmd in runtime if cmd.cmd == "COPY"]
+    assert copies and all(cmd.flags == ("--from=build",) for cmd in runtime if cmd.cmd == "COPY"), copies
+    assert all(v[0] == "/opt/venv" for v in copies), copies
+    env = " ".join(" ".join(cmd.value) for cmd in runtime if cmd.cmd == "ENV")
+    assert "PYTHONPATH" not in env and "/opt/venv/bin" in env  # `python` and `ftune` come from the venv
     assert "not built in ci" in (REPO / "Dockerfile").read_text().lower()
 
 
 def test_dockerfile_runs_as_the_manifests_numeric_non_root_user(dockerfile_commands, rendered):
     users = [cmd.value[0] for cmd in dockerfile_commands if cmd.cmd == "USER"]
     assert users, "no USER: the image would run as root"
-    uid = users[-1].split(":")[0]
+    uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) == APP_UID  # numeric, so Kubernetes can verify runAsNonRoot
+    assert gid.isdigit()
     # No ENTRYPOINT: KFP sets the container command (python -m tfx...) and the CronJob runs `ftune`.
     assert not [cmd for cmd in dockerfile_commands if cmd.cmd == "ENTRYPOINT"]
-    cronjob_sc = pod_spec(one(rendered["prod"], "CronJob", "ftune-retrain"))["securityContext"]
-    assert cronjob_sc["runAsUser"] == int(uid)
+    cronjob = one(rendered["prod"], "CronJob", "ftune-retrain")
+    for security_context in (pod_spec(cronjob)["securityContext"], container(cronjob, "submit")["securityContext"]):
+        assert security_context["runAsUser"] == int(uid)
+        assert security_context["runAsGroup"] == int(gid)
+    # The CronJob's command is the console script the wheel installs into the venv's bin (on the image's PATH).
+    assert container(cronjob, "submit")["command"] == ["ftune"]
+    scripts = (REPO / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    assert re.search(r'^ftune = "pipeline\.cli:main"$', scripts, re.M), scripts
+    # Pods of the pipeline run as this user too (KFP sets no securityContext): the folders the KFP launcher and
+    # TFX write to outside /tmp (artifact staging, $HOME) must be the user's.
+    runs = " && ".join(cmd.value[0] for cmd in dockerfile_commands if cmd.cmd == "RUN")
+    for folder in ("/gcs", "/minio", "/s3", "/home/ftune"):
+        assert re.search(rf"chown -R {uid}:\S+ [^&]*{folder}(\s|$)", runs), folder
 
 
 def test_dockerignore_keeps_local_state_out():
