@@ -42,6 +42,7 @@ def _config(**overrides) -> TrainerConfig:
         phase2_epochs=2,
         early_stopping_patience=10,
         fine_tune_at=100,
+        phase2_lr_schedule="constant",  # lr2 from the first phase-2 step (the tests below check it)
     )
     for key, value in overrides.items():
         setattr(cfg, key, value)
@@ -459,8 +460,9 @@ def test_class_weighting_auto_on_off():
 @pytest.mark.parametrize("modes", [END_TO_END, CACHED], ids=["end_to_end", "cached"])
 def test_imbalanced_training_data_gets_class_weights_recorded_in_the_history(modes):
     labels = np.array([0] * 18 + [1] * 6)
-    auto, _ = _tiny_run(labels=labels, phase1_mode=modes[0], phase2_mode=modes[1])
-    off, _ = _tiny_run(labels=labels, phase1_mode=modes[0], phase2_mode=modes[1], class_weighting="off")
+    one_fit = dict(phase1_mode=modes[0], phase2_mode=modes[1], phase1_epochs=1, phase2_epochs=0)
+    auto, _ = _tiny_run(labels=labels, **one_fit)
+    off, _ = _tiny_run(labels=labels, class_weighting="off", **one_fit)
     assert auto["class_weighting"] == {
         "setting": "auto",
         "imbalance_ratio": 3.0,
