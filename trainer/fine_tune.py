@@ -658,7 +658,7 @@ class _DiskArray:
             index = np.arange(start, stop, step)
         rows = np.asarray(index, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows),) + self.shape[1:], self.dtype)
-        flat = out.reshape(len(rows), -1)
+        flat = out.reshape(len(rows), self._row_bytes // self.dtype.itemsize)
         for i, row in enumerate(rows):
             data = os.pread(self._fd, self._row_bytes, int(row) * self._row_bytes)
             flat[i] = np.frombuffer(data, self.dtype)
