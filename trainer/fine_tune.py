@@ -22,6 +22,12 @@ flip, then draws of the model's own flip + rotation layers), and every epoch tra
 version drawn at random. On cats-vs-dogs (160 px, 3 seeds each) 4 versions instead of 2 lowered the best eval
 loss a little but not clearly the eval accuracy (about 97.5% either way), for 2x the cache and extraction time.
 
+Memory: the caches stay in memory up to `cache_max_mb`; above it they are written to files (a temporary folder
+under the Trainer's working directory, removed after training) and read back per batch: the same batches and
+the same training, with memory that no longer grows with the data set.
+
+Class imbalance: `class_weighting` ("auto" above `imbalance_ratio`) weights the loss of both phases per class.
+
 Whatever the modes, the trained layers are the layers of the full model, which stays the normal end-to-end
 model (image -> logits).
 """
