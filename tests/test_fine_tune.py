@@ -538,3 +538,14 @@ def test_cached_training_learns_with_pretrained_base_and_yields_the_full_model(t
     np.testing.assert_allclose(
         reloaded.predict(eval_images[:8], verbose=0), model.predict(eval_images[:8], verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_trainer_spills_caches_under_its_own_folders(tmp_path):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from components.fine_tune_trainer import cache_spill_root
+
+    run_dir = str(tmp_path / "model_run")
+    assert cache_spill_root(FnArgs(working_dir=str(tmp_path / "work"), model_run_dir=run_dir)) == str(tmp_path / "work")
+    assert cache_spill_root(FnArgs(model_run_dir=run_dir)) == run_dir and (tmp_path / "model_run").is_dir()
+    assert cache_spill_root(FnArgs(model_run_dir="gs://bucket/run")) is None  # remote: the local temporary folder
