@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from typing import Dict, List
 
-import psutil
+from common import check_headline_overrides, git_commit, machine, run_measured, versions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -31,72 +27,6 @@ SHARED = os.path.abspath(os.path.join(REPO, "..", "shared"))
 DEFAULT_DATA = os.path.join(SHARED, "datasets", "cats_and_dogs_filtered")
 DEFAULT_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.h5")
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "cats_vs_dogs.json")
-# The pipeline's settings for this benchmark (everything else: the defaults in pipeline/configs.py).
-PIPELINE_SETTINGS = ["eval.accuracy_floor=0.9"]
-
-
-def run_measured(cmd: List[str], log_path: str) -> Dict[str, float]:
-    """Runs cmd, returns {'wall_s', 'peak_rss_mb'} (peak of the summed RSS over the process tree)."""
-    peak = [0]
-    with open(log_path, "w") as log:
-        started = time.time()
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        done = threading.Event()
-
-        def sample():
-            root = psutil.Process(process.pid)
-            while not done.is_set():
-                try:
-                    tree = [root] + root.children(recursive=True)
-                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
-                except psutil.Error:
-                    pass
-                done.wait(0.5)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        done.set()
-        sampler.join()
-        wall = time.time() - started
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit code {code}; see {log_path}")
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak[0] / 2**20)}
-
-
-def machine() -> Dict[str, object]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": "none",
-        "os": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def versions() -> Dict[str, str]:
-    from importlib import metadata
-
-    names = ["tfx", "tensorflow", "keras", "tensorflow-transform", "tensorflow-model-analysis", "apache-beam"]
-    return {name: metadata.version(name) for name in names}
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
-        dirty = subprocess.check_output(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True
-        ).strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -111,18 +41,19 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra pipeline setting (repeatable)",
+        help="pipeline setting (repeatable); with any, --output must name another file than the headline JSON",
     )
     parser.add_argument("--skip-baseline", action="store_true", help="run only the pipeline")
     args = parser.parse_args()
     for path in (args.data, args.weights):
         if not os.path.exists(path):
             raise SystemExit(f"not found: {path}")
+    check_headline_overrides(args.overrides, args.output, DEFAULT_OUTPUT)
 
     work = args.work_dir or tempfile.mkdtemp(prefix="ftune-bench-")
     os.makedirs(work, exist_ok=True)
     root = os.path.join(work, "pipeline_root")
-    settings = PIPELINE_SETTINGS + args.overrides
+    settings = list(args.overrides)  # none for the headline: `ftune run` exactly as a user gets it
     cmd = [
         sys.executable,
         "-m",
@@ -153,7 +84,8 @@ def main() -> None:
         "pipeline_wall_s": pipeline["wall_s"],
         "pipeline_peak_rss_mb": pipeline["peak_rss_mb"],
         "pipeline_stage_s": {k: v["seconds"] for k, v in component_timings(config).items()},
-        "pipeline_settings": settings,
+        "overrides": settings,
+        "defaults": not settings,
         "blessed": data["gate"]["blessed"],
         "pushed": data.get("push"),
     }

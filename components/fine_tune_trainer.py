@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -97,6 +97,17 @@ def distribution_strategy(cfg: TrainerConfig) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def cache_spill_root(fn_args: FnArgs) -> Optional[str]:
+    """Where feature caches over trainer.cache_max_mb spill to: a temporary folder (removed after training)
+    inside the Trainer's working directory, else its ModelRun folder, on the pipeline root's disk. None (the
+    system's temporary folder) when that is remote (gs://, s3://): the spill files are read by local syscalls."""
+    for path in (fn_args.working_dir, fn_args.model_run_dir):
+        if path and "://" not in path:
+            os.makedirs(path, exist_ok=True)
+            return path
+    return None
+
+
 def run_fn(fn_args: FnArgs) -> None:
     cfg = trainer_config(fn_args.custom_config)
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -117,7 +128,9 @@ def run_fn(fn_args: FnArgs) -> None:
     with distribution_strategy(cfg).scope():
         model, base = build_model(cfg, num_classes=len(class_names))
         tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))
-        history = train_two_phase(model, base, train_ds, eval_ds, cfg, callbacks=[tensorboard])
+        history = train_two_phase(
+            model, base, train_ds, eval_ds, cfg, callbacks=[tensorboard], work_dir=cache_spill_root(fn_args)
+        )
     history["train_wall_s"] = time.time() - started
     history["class_names"] = class_names
 

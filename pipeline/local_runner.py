@@ -140,8 +140,6 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
     from tfx import v1 as tfx
 
     from components.image_example_gen import resolve_split_mode
-    from pipeline.pipeline import create_pipeline
-    from serving.model_versions import serving_state
 
     config.validate().absolute_paths()
     os.makedirs(config.pipeline_root, exist_ok=True)
@@ -150,7 +148,23 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
     data_root = prepare_data_root(config, progress)
     split_mode = resolve_split_mode(data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir)
     progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
-    pipeline = create_pipeline(
+    pipeline = local_pipeline(config, data_root, split_mode, stop_after)
+    started = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    wall = time.time() - started
+    progress(f"pipeline finished in {wall:.1f} s")
+    return {"data_root": data_root, "split_mode": split_mode, "wall_s": wall}
+
+
+def local_pipeline(config: PipelineConfig, data_root: str, split_mode: str, stop_after: str = "push"):
+    """The pipeline `run_local` runs: MLMD in SQLite under the pipeline root, `beam_args(config)` for every
+    Beam-based component, caching on."""
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+    from serving.model_versions import serving_state
+
+    return create_pipeline(
         config,
         data_root=data_root,
         split_mode=split_mode,
@@ -160,8 +174,3 @@ def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callab
         beam_pipeline_args=beam_args(config),
         serving_state=serving_state(config.serving_model_dir),
     )
-    started = time.time()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-    wall = time.time() - started
-    progress(f"pipeline finished in {wall:.1f} s")
-    return {"data_root": data_root, "split_mode": split_mode, "wall_s": wall}

@@ -16,8 +16,10 @@ from pipeline.configs import BASE_MODEL_LAYERS, ConfigError, TrainerConfig, load
 from trainer import weights as weights_mod
 from trainer.fine_tune import (
     _CachedBatches,
+    _FeatureCaches,
     _phase2_learning_rate,
     choose_prefix_cut,
+    class_weighting,
     compile_model,
     freeze_base,
     resolve_fine_tune_at,
@@ -40,6 +42,7 @@ def _config(**overrides) -> TrainerConfig:
         phase2_epochs=2,
         early_stopping_patience=10,
         fine_tune_at=100,
+        phase2_lr_schedule="constant",  # lr2 from the first phase-2 step (the tests below check it)
     )
     for key, value in overrides.items():
         setattr(cfg, key, value)
@@ -355,7 +358,7 @@ def test_cosine_phase2_schedule_warms_up_to_lr2_then_decays():
     value = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731
     assert value(0) == 0.0 and value(5) == pytest.approx(5e-5) and value(10) == pytest.approx(1e-4)
     assert value(30) == pytest.approx(5e-5, rel=1e-3) and value(50) == pytest.approx(0.0, abs=1e-9)
-    assert _phase2_learning_rate(_config(), 1e-4, batches) == 1e-4  # "constant", the default
+    assert _phase2_learning_rate(_config(phase2_lr_schedule="constant"), 1e-4, batches) == 1e-4
     with pytest.raises(ConfigError, match="trainer.phase2_lr_schedule must be one of constant, cosine; got 'step'"):
         load_config(overrides=["trainer.phase2_lr_schedule=step"])  # caught when the settings load
 
@@ -367,20 +370,112 @@ def test_settings_catalogue_matches_the_bases_the_trainer_builds(name):
     assert len(base.layers) == BASE_MODEL_LAYERS[name]
 
 
-def test_over_budget_cache_falls_back_to_end_to_end():
-    cfg = _config(
+def _tiny_run(seed=0, n=24, labels=None, work_dir=None, **overrides):
+    """Both phases on the tiny base, cached modes, 2 versions per image (no random augmentation draws)."""
+    settings = dict(
         phase1_mode="cached_features",
         phase2_mode="cached_prefix",
-        phase1_epochs=1,
-        phase2_epochs=1,
-        cache_max_mb=0,
+        phase1_epochs=2,
+        phase2_epochs=2,
         fine_tune_at=4,
+        cache_variants=2,
+        batch_size=8,
     )
+    cfg = _config(**{**settings, **overrides})
+    keras.utils.set_random_seed(seed)
     model, base = build_model(cfg, 2, base_override=_tiny_base())
-    images, labels = _random_data(16, 32, seed=1)
-    history = train_two_phase(model, base, _dataset(images, labels), _dataset(images, labels), cfg, verbose=0)
-    assert history["modes"] == {"phase1": "end_to_end", "phase2": "end_to_end"}
-    assert history["cache"]["bytes"]["total"] == 0
+    images, random_labels = _random_data(n, 32, seed=1)
+    labels = random_labels if labels is None else labels
+    history = train_two_phase(
+        model, base, _dataset(images, labels), _dataset(images, labels), cfg, verbose=0, work_dir=work_dir
+    )
+    return history, model
+
+
+def test_over_budget_caches_spill_to_disk_and_train_the_same(tmp_path):
+    in_memory, model_memory = _tiny_run()
+    spilled, model_spilled = _tiny_run(cache_max_mb=0, work_dir=str(tmp_path))
+
+    # Over the budget the cached modes stay on (no fall-back to end-to-end), reading the caches from disk ...
+    assert spilled["modes"] == in_memory["modes"] == {"phase1": "cached_features", "phase2": "cached_prefix"}
+    assert in_memory["cache"]["on_disk_bytes"] == 0
+    assert spilled["cache"]["on_disk_bytes"] == spilled["cache"]["bytes"]["total"] > 0
+    assert spilled["cache"]["bytes"] == in_memory["cache"]["bytes"]
+    # ... and train to the same result: the same per-epoch losses and the same final weights.
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(spilled[key], in_memory[key], rtol=1e-4, atol=1e-5)
+    for a, b in zip(model_spilled.get_weights(), model_memory.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The spill files lived in a temporary folder inside the given working directory, removed afterwards.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_feature_caches_keep_at_most_the_budget_in_memory(tmp_path):
+    cfg = _config(fine_tune_at=4)
+    model, base = build_model(cfg, 2, base_override=_tiny_base())
+    cut = choose_prefix_cut(base, 4)
+    images, labels = _random_data(24, 32, seed=2)
+    train_ds, eval_ds = _dataset(images, labels, batch_size=8), _dataset(images[:8], labels[:8], batch_size=8)
+
+    def build(max_bytes, folder):
+        folder.mkdir()
+        return _FeatureCaches.build(model, base, train_ds, eval_ds, True, cut, 2, max_bytes, str(folder))
+
+    reference = build(2**30, tmp_path / "all")
+    total = reference.nbytes()["total"]
+    assert reference.on_disk_bytes() == 0
+    for budget in (0, total // 10, total // 2, total - 1):
+        caches = build(budget, tmp_path / f"budget{budget}")
+        in_memory = caches.nbytes()["total"] - caches.on_disk_bytes()
+        assert in_memory <= budget and caches.on_disk_bytes() > 0
+        assert sorted(p.name for p in (tmp_path / f"budget{budget}").iterdir()) == [
+            "eval_pooled_0.bin",
+            "eval_prefix_0.bin",
+            *(f"train_{name}_{v}.bin" for name in ("pooled", "prefix") for v in (0, 1)),
+        ]
+        # The rows read back from disk are the ones kept in memory otherwise, by any index.
+        for name in ("pooled", "prefix"):
+            for version in (0, 1):
+                for rows in (np.array([5, 0, 23, 5]), np.array([], dtype=np.int64)):  # no row: a batch may pick none
+                    expected = reference.train[name][version][rows]
+                    np.testing.assert_array_equal(caches.train[name][version][rows], expected)
+            np.testing.assert_array_equal(caches.eval[name][2:7], reference.eval[name][2:7])
+        np.testing.assert_array_equal(caches.train_labels, reference.train_labels)
+        caches.close()
+
+
+def test_class_weighting_auto_on_off():
+    imbalanced = np.array([0] * 30 + [1] * 10 + [2] * 20)
+    auto = class_weighting(imbalanced, 3, _config())
+    assert auto["applied"] and auto["imbalance_ratio"] == 3.0 and auto["class_counts"] == [30, 10, 20]
+    assert auto["weights"] == pytest.approx({0: 60 / 90, 1: 2.0, 2: 1.0})
+    balanced = np.array([0, 1, 2] * 10)
+    assert not class_weighting(balanced, 3, _config())["applied"]
+    assert class_weighting(balanced, 3, _config(class_weighting="on"))["weights"] == pytest.approx({0: 1, 1: 1, 2: 1})
+    assert not class_weighting(imbalanced, 3, _config(class_weighting="off"))["applied"]
+    assert not class_weighting(imbalanced, 3, _config(imbalance_ratio=3.0))["applied"]  # "more than" the ratio
+    with pytest.raises(ConfigError, match="trainer.class_weighting must be one of auto, on, off; got 'yes'"):
+        load_config(overrides=["trainer.class_weighting=yes"])
+
+
+@pytest.mark.parametrize("modes", [END_TO_END, CACHED], ids=["end_to_end", "cached"])
+def test_imbalanced_training_data_gets_class_weights_recorded_in_the_history(modes):
+    labels = np.array([0] * 18 + [1] * 6)
+    one_fit = dict(phase1_mode=modes[0], phase2_mode=modes[1], phase1_epochs=1, phase2_epochs=0)
+    auto, _ = _tiny_run(labels=labels, **one_fit)
+    off, _ = _tiny_run(labels=labels, class_weighting="off", **one_fit)
+    assert auto["class_weighting"] == {
+        "setting": "auto",
+        "imbalance_ratio": 3.0,
+        "threshold": 1.5,
+        "applied": True,
+        "class_counts": [18, 6],
+        "weights": {"0": pytest.approx(24 / 36), "1": pytest.approx(2.0)},
+    }
+    assert off["class_weighting"]["applied"] is False
+    json.loads(json.dumps(auto))
+    # The weights reach the training loss: same seed and data, a different first-epoch loss.
+    assert auto["loss"][0] != pytest.approx(off["loss"][0], rel=1e-3)
 
 
 def _shapes(n, size, seed):
@@ -443,3 +538,14 @@ def test_cached_training_learns_with_pretrained_base_and_yields_the_full_model(t
     np.testing.assert_allclose(
         reloaded.predict(eval_images[:8], verbose=0), model.predict(eval_images[:8], verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_trainer_spills_caches_under_its_own_folders(tmp_path):
+    from tfx.components.trainer.fn_args_utils import FnArgs
+
+    from components.fine_tune_trainer import cache_spill_root
+
+    run_dir = str(tmp_path / "model_run")
+    assert cache_spill_root(FnArgs(working_dir=str(tmp_path / "work"), model_run_dir=run_dir)) == str(tmp_path / "work")
+    assert cache_spill_root(FnArgs(model_run_dir=run_dir)) == run_dir and (tmp_path / "model_run").is_dir()
+    assert cache_spill_root(FnArgs(model_run_dir="gs://bucket/run")) is None  # remote: the local temporary folder

@@ -22,6 +22,12 @@ flip, then draws of the model's own flip + rotation layers), and every epoch tra
 version drawn at random. On cats-vs-dogs (160 px, 3 seeds each) 4 versions instead of 2 lowered the best eval
 loss a little but not clearly the eval accuracy (about 97.5% either way), for 2x the cache and extraction time.
 
+Memory: the caches stay in memory up to `cache_max_mb`; above it they are written to files (a temporary folder
+under the Trainer's working directory, removed after training) and read back per batch: the same batches and
+the same training, with memory that no longer grows with the data set.
+
+Class imbalance: `class_weighting` ("auto" above `imbalance_ratio`) weights the loss of both phases per class.
+
 Whatever the modes, the trained layers are the layers of the full model, which stays the normal end-to-end
 model (image -> logits).
 """
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -145,46 +153,69 @@ def train_two_phase(
     cfg: TrainerConfig,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    work_dir: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Phase 1 (frozen base, new head) then phase 2 (top of the base unfrozen, lower learning rate).
 
     `train_ds` / `eval_ds`: batched (image float32 [S, S, 3] in [0, 255], integer label). `model` and `base`
     come from `build_model`; they are trained in place and `model` ends compiled for its phase-2 state.
     `callbacks` are passed to every `fit`; in cached modes they see the model being fitted there (the head,
-    or the sub-model above the cut), not `model`.
+    or the sub-model above the cut), not `model`. `work_dir`: where feature caches over `cfg.cache_max_mb`
+    spill to (a temporary folder inside it, removed at the end; default: the system's temporary folder).
 
     Returns a JSON-serialisable history (see `_History.as_dict`).
     """
     # The settings were validated when they were loaded (pipeline.configs); they are read here as they are.
-    phase1_mode, phase2_mode, jit_compile = cfg.phase1_mode, cfg.phase2_mode, cfg.jit_compile
     num_classes = _num_classes(model)
     lr1 = float(cfg.learning_rate)
-    lr2 = lr1 * float(cfg.fine_tune_lr_factor)
-    run_phase2 = cfg.phase2_epochs > 0
-    if not run_phase2:
-        phase2_mode = "end_to_end"  # nothing to cache for
-    history = _History(lr1, lr2)
+    history = _History(lr1, lr1 * float(cfg.fine_tune_lr_factor))
     started = time.perf_counter()
 
-    # Feature caches, computed in one pass over the data for whichever cached modes are on.
+    # Feature caches, computed in one pass over the data for whichever cached modes are on. Above
+    # cache_max_mb they spill to files under `work_dir` (removed when training ends).
     cut = None
-    if phase2_mode == "cached_prefix":
+    if cfg.phase2_mode == "cached_prefix" and cfg.phase2_epochs > 0:
         cut = choose_prefix_cut(base, resolve_fine_tune_at(base, cfg.fine_tune_at))
-    caches = _FeatureCaches.build(
-        model,
-        base,
-        train_ds,
-        eval_ds,
-        pooled=phase1_mode == "cached_features" and cfg.phase1_epochs > 0,
-        prefix=cut,
-        variants=cache_variants(cfg),
-        max_bytes=int(cfg.cache_max_mb) * 2**20,
-    )
-    if phase1_mode == "cached_features" and cfg.phase1_epochs > 0 and "pooled" not in caches.train:
-        phase1_mode = "end_to_end"
-    if phase2_mode == "cached_prefix" and "prefix" not in caches.train:
-        phase2_mode, cut = "end_to_end", None
-    history.cache_info(caches, cut, time.perf_counter() - started)
+    spill_dir = tempfile.TemporaryDirectory(prefix="ftune-feature-cache-", dir=work_dir)
+    try:
+        caches = _FeatureCaches.build(
+            model,
+            base,
+            train_ds,
+            eval_ds,
+            pooled=cfg.phase1_mode == "cached_features" and cfg.phase1_epochs > 0,
+            prefix=cut,
+            variants=cache_variants(cfg),
+            max_bytes=int(cfg.cache_max_mb) * 2**20,
+            spill_dir=spill_dir.name,
+        )
+        history.cache_info(caches, cut, time.perf_counter() - started)
+        labels = caches.train_labels
+        if labels is None and cfg.class_weighting != "off":
+            labels = _dataset_labels(train_ds)  # end-to-end modes: one pass to count the classes
+        class_weight = None
+        if labels is None:
+            history.class_weighting = {"setting": cfg.class_weighting, "applied": False}
+        else:
+            history.class_weighting = class_weighting(labels, num_classes, cfg)
+            if history.class_weighting["applied"]:
+                class_weight = history.class_weighting["weights"]
+        _train_phases(model, base, train_ds, eval_ds, cfg, callbacks, verbose, caches, cut, class_weight, history)
+        caches.close()
+    finally:
+        spill_dir.cleanup()
+    history.total_seconds = time.perf_counter() - started
+    return history.as_dict()
+
+
+def _train_phases(model, base, train_ds, eval_ds, cfg, callbacks, verbose, caches, cut, class_weight, history):
+    """Both phases, on the caches where `caches` holds them (see `train_two_phase`); fills `history`."""
+    phase1_mode, phase2_mode, jit_compile = cfg.phase1_mode, cfg.phase2_mode, cfg.jit_compile
+    if cut is None:
+        phase2_mode = "end_to_end"  # phase 2 off: nothing was cached for it
+    num_classes = _num_classes(model)
+    lr1, lr2 = history.learning_rates["phase1"], history.learning_rates["phase2"]
+    run_phase2 = cfg.phase2_epochs > 0
     fitted = None  # the model the last `fit` trained: `model` itself, or a sub-model sharing its layers
 
     # Phase 1: base frozen, head trained at lr1.
@@ -193,12 +224,12 @@ def train_two_phase(
     if cfg.phase1_epochs > 0:
         if phase1_mode == "cached_features":
             fitted = _head_model(model, caches.feature_shape("pooled"))
-            train_data, val_data = caches.batches("pooled", cfg), caches.eval_data("pooled")
+            train_data, val_data = caches.batches("pooled", cfg), caches.eval_data("pooled", cfg)
         else:
             fitted, train_data, val_data = model, train_ds, eval_ds
         compile_model(fitted, lr1, num_classes, jit_compile)
         history.phase_lr(1, optimizer_learning_rate(fitted))
-        fit_history = _fit(fitted, train_data, val_data, cfg, callbacks, 0, cfg.phase1_epochs, verbose)
+        fit_history = _fit(fitted, train_data, val_data, cfg, callbacks, 0, cfg.phase1_epochs, verbose, class_weight)
         history.add_epochs(1, fit_history)
         history.final_accuracy(1, _evaluate(fitted, val_data, cfg))
     history.phase_done(1, phase1_mode, time.perf_counter() - phase_start)
@@ -209,7 +240,7 @@ def train_two_phase(
         history.trainable_base_layers = unfreeze_top(base, cfg.fine_tune_at)
         if phase2_mode == "cached_prefix":
             fitted = _top_model(model, base, cut)
-            train_data, val_data = caches.batches("prefix", cfg), caches.eval_data("prefix")
+            train_data, val_data = caches.batches("prefix", cfg), caches.eval_data("prefix", cfg)
         else:
             fitted, train_data, val_data = model, train_ds, eval_ds
         # Recompile: a change of `trainable` only takes effect when the model is compiled again (the train
@@ -219,7 +250,15 @@ def train_two_phase(
         history.phase_lr(2, optimizer_learning_rate(fitted))
         first_epoch = history.epochs_run
         fit_history = _fit(
-            fitted, train_data, val_data, cfg, callbacks, first_epoch, first_epoch + cfg.phase2_epochs, verbose
+            fitted,
+            train_data,
+            val_data,
+            cfg,
+            callbacks,
+            first_epoch,
+            first_epoch + cfg.phase2_epochs,
+            verbose,
+            class_weight,
         )
         history.add_epochs(2, fit_history)
         history.final_accuracy(2, _evaluate(fitted, val_data, cfg))
@@ -229,8 +268,6 @@ def train_two_phase(
         # Cached modes trained sub-models that share `model`'s layers; compile `model` itself for the state
         # it is now in (so that evaluate works), with a fresh optimizer at the last phase's learning rate.
         compile_model(model, lr2 if run_phase2 else lr1, num_classes, jit_compile)
-    history.total_seconds = time.perf_counter() - started
-    return history.as_dict()
 
 
 def _phase2_learning_rate(cfg: TrainerConfig, lr2: float, train_data):
@@ -254,7 +291,9 @@ def _num_classes(model: keras.Model) -> int:
     return 2 if units == 1 else units
 
 
-def _fit(model, train_data, val_data, cfg, callbacks, initial_epoch, epochs, verbose) -> Dict[str, List[float]]:
+def _fit(
+    model, train_data, val_data, cfg, callbacks, initial_epoch, epochs, verbose, class_weight=None
+) -> Dict[str, List[float]]:
     """One phase: `fit` with early stopping on the eval loss, restoring the best epoch's weights."""
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss" if val_data is not None else "loss",
@@ -271,6 +310,7 @@ def _fit(model, train_data, val_data, cfg, callbacks, initial_epoch, epochs, ver
         initial_epoch=initial_epoch,
         callbacks=[*callbacks, early_stopping],
         verbose=verbose,
+        class_weight=class_weight,
         **kwargs,
     )
     return result.history
@@ -300,6 +340,7 @@ class _History:
         self.phase2_start_epoch: Optional[int] = None
         self.trainable_base_layers = 0
         self.cache: Dict[str, Any] = {}
+        self.class_weighting: Dict[str, Any] = {}
         self.total_seconds = 0.0
 
     @property
@@ -307,7 +348,7 @@ class _History:
         return len(self.phase)
 
     def cache_info(self, caches: _FeatureCaches, cut: Optional[PrefixCut], seconds: float) -> None:
-        self.cache = {"bytes": caches.nbytes(), "seconds": seconds}
+        self.cache = {"bytes": caches.nbytes(), "on_disk_bytes": caches.on_disk_bytes(), "seconds": seconds}
         if cut is not None:
             self.cache.update(cut_layer_index=cut.index, cut_layer_name=cut.layer_name)
 
@@ -350,6 +391,11 @@ class _History:
                 "total": float(self.total_seconds),
             },
             "cache": {k: v for k, v in self.cache.items() if k != "seconds"},
+            # JSON keys are strings: the class index as text.
+            "class_weighting": {
+                **self.class_weighting,
+                "weights": {str(k): v for k, v in self.class_weighting.get("weights", {}).items()},
+            },
         }
 
 
@@ -424,10 +470,6 @@ def _top_model(model: keras.Model, base: keras.Model, cut: PrefixCut) -> keras.M
 # --- feature caches ---------------------------------------------------------------------------------------
 
 
-class _CacheOverBudget(Exception):
-    pass
-
-
 def cache_variants(cfg: TrainerConfig) -> int:
     """How many versions of each training image the cached modes keep (see `_FeatureCaches`)."""
     if not cfg.augment:
@@ -443,50 +485,69 @@ class _FeatureCaches:
 
     Training versions: 0 is the image, 1 its horizontal flip, 2.. random draws of the model's own augmentation
     layers (flip + rotation). `train[name]` is the list of per-version arrays, `eval[name]` one array; names:
-    "pooled" (the pooled base output, phase 1) and "prefix" (the activation at the cut, phase 2).
+    "pooled" (the pooled base output, phase 1) and "prefix" (the activation at the cut, phase 2). An array is
+    a numpy array in memory or, once the caches would exceed their memory budget, a `_DiskArray` (same rows,
+    read from a file on demand).
     """
 
     def __init__(self):
-        self.train: Dict[str, List[np.ndarray]] = {}
+        self.train: Dict[str, List[Any]] = {}
         self.train_labels: Optional[np.ndarray] = None
-        self.eval: Dict[str, np.ndarray] = {}
+        self.eval: Dict[str, Any] = {}
         self.eval_labels: Optional[np.ndarray] = None
 
     @classmethod
     def build(
-        cls, model, base, train_ds, eval_ds, pooled: bool, prefix: Optional[PrefixCut], variants: int, max_bytes: int
+        cls,
+        model,
+        base,
+        train_ds,
+        eval_ds,
+        pooled: bool,
+        prefix: Optional[PrefixCut],
+        variants: int,
+        max_bytes: int,
+        spill_dir: str,
     ):
-        """One pass of the frozen base over the data. Over `max_bytes` in all, the prefix cache is dropped
-        first (its phase falls back to end_to_end), then the pooled one."""
+        """One pass of the frozen base over the data. At most `max_bytes` stay in memory: when the next chunk
+        would go over, every cache moves to files in `spill_dir` and the rest is written there."""
         caches = cls()
         names = [name for name, wanted in (("pooled", pooled), ("prefix", prefix is not None)) if wanted]
-        augment = _augmentation_layers(model)
-        while names:
-            extractor = _extractor(model, base, names, prefix)
-            try:
-                caches.train, caches.train_labels = _run_extractor(
-                    extractor, train_ds, names, variants, augment, max_bytes
-                )
-                if eval_ds is not None:
-                    used = caches.nbytes()["total"]
-                    eval_cache, caches.eval_labels = _run_extractor(extractor, eval_ds, names, 1, [], max_bytes - used)
-                    caches.eval = {name: arrays[0] for name, arrays in eval_cache.items()}
-                return caches
-            except _CacheOverBudget:
-                dropped = names.pop()
-                caches.train, caches.eval = {}, {}
-                log.warning(
-                    "the %s feature cache would exceed trainer.cache_max_mb=%d; training that phase end to end",
-                    dropped,
-                    max_bytes // 2**20,
-                )
+        if not names:
+            return caches
+        extractor = _extractor(model, base, names, prefix)
+        budget = _SpillBudget(max_bytes, spill_dir)
+        train, caches.train_labels = _run_extractor(
+            extractor, train_ds, names, variants, _augmentation_layers(model), budget, "train"
+        )
+        evals = None
+        if eval_ds is not None:
+            evals, caches.eval_labels = _run_extractor(extractor, eval_ds, names, 1, [], budget, "eval")
+        # Joined only now: a cache joined in memory before the eval pass could not spill any more.
+        caches.train = {name: [writer.finish() for writer in writers] for name, writers in train.items()}
+        if evals is not None:
+            caches.eval = {name: writers[0].finish() for name, writers in evals.items()}
         return caches
 
+    def _arrays(self):
+        for name, arrays in self.train.items():
+            yield f"train_{name}", arrays
+        for name, array in self.eval.items():
+            yield f"eval_{name}", [array]
+
     def nbytes(self) -> Dict[str, int]:
-        sizes = {f"train_{k}": int(sum(a.nbytes for a in arrays)) for k, arrays in self.train.items()}
-        sizes.update({f"eval_{k}": int(a.nbytes) for k, a in self.eval.items()})
+        sizes = {key: int(sum(a.nbytes for a in arrays)) for key, arrays in self._arrays()}
         sizes["total"] = sum(sizes.values())
         return sizes
+
+    def on_disk_bytes(self) -> int:
+        return int(sum(a.nbytes for _, arrays in self._arrays() for a in arrays if isinstance(a, _DiskArray)))
+
+    def close(self) -> None:
+        for _, arrays in self._arrays():
+            for array in arrays:
+                if isinstance(array, _DiskArray):
+                    array.close()
 
     def feature_shape(self, name: str) -> Tuple[int, ...]:
         return tuple(self.train[name][0].shape[1:])
@@ -494,10 +555,128 @@ class _FeatureCaches:
     def batches(self, name: str, cfg: TrainerConfig) -> _CachedBatches:
         return _CachedBatches(self.train[name], self.train_labels, cfg.batch_size, cfg.seed)
 
-    def eval_data(self, name: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    def eval_data(self, name: str, cfg: TrainerConfig):
+        """(features, labels) in memory; batches read in order when the eval cache is on disk; None: no eval."""
         if name not in self.eval:
             return None
+        if isinstance(self.eval[name], _DiskArray):
+            return _OrderedBatches(self.eval[name], self.eval_labels, cfg.batch_size)
         return self.eval[name], self.eval_labels
+
+
+class _SpillBudget:
+    """The memory budget of the feature caches being written; over it, all of them move to files."""
+
+    def __init__(self, max_bytes: int, directory: str):
+        self.max_bytes, self.directory = int(max_bytes), directory
+        self.in_memory = 0
+        self.spilling = False
+        self.writers: List[_ArrayWriter] = []
+
+    def writer(self, tag: str) -> _ArrayWriter:
+        writer = _ArrayWriter(self, os.path.join(self.directory, f"{tag}.bin"))
+        self.writers.append(writer)
+        if self.spilling:
+            writer.spill()
+        return writer
+
+    def reserve(self, nbytes: int) -> None:
+        if self.spilling:
+            return
+        if self.in_memory + nbytes <= self.max_bytes:
+            self.in_memory += nbytes
+            return
+        log.warning(
+            "the feature caches go over trainer.cache_max_mb=%d; writing them to %s",
+            self.max_bytes // 2**20,
+            self.directory,
+        )
+        self.spilling = True
+        for writer in self.writers:
+            writer.spill()
+        self.in_memory = 0
+
+
+class _ArrayWriter:
+    """Rows of one cache, appended chunk by chunk: kept in memory, or (after `spill`) appended to a raw file."""
+
+    def __init__(self, budget: _SpillBudget, path: str):
+        self._budget, self.path = budget, path
+        self._chunks: List[np.ndarray] = []
+        self._file = None
+        self._rows = 0
+        self._row_shape: Tuple[int, ...] = ()
+        self._dtype = np.dtype("float32")
+
+    def append(self, chunk: np.ndarray) -> None:
+        self._rows += len(chunk)
+        self._row_shape, self._dtype = tuple(chunk.shape[1:]), chunk.dtype
+        self._budget.reserve(chunk.nbytes)  # may spill this writer too
+        if self._file is not None:
+            np.ascontiguousarray(chunk).tofile(self._file)
+        else:
+            self._chunks.append(chunk)
+
+    def spill(self) -> None:
+        if self._file is None:
+            self._file = open(self.path, "wb")
+            for chunk in self._chunks:
+                np.ascontiguousarray(chunk).tofile(self._file)
+            self._chunks = []
+
+    def finish(self):
+        """The rows written: a numpy array, or a `_DiskArray` over the file."""
+        if self._file is None:
+            array = np.concatenate(self._chunks)
+            self._chunks = []
+            return array
+        self._file.close()
+        return _DiskArray(self.path, self._rows, self._row_shape, self._dtype)
+
+
+class _DiskArray:
+    """A C-order array of `rows` rows stored raw in a file, rows read on demand with `os.pread`.
+
+    Not memory-mapped on purpose: pages of a mapping that were read count towards the process's resident
+    memory; rows read with pread live only in the OS page cache, which the kernel reclaims as it needs to."""
+
+    def __init__(self, path: str, rows: int, row_shape: Tuple[int, ...], dtype):
+        self.path = path
+        self.shape = (int(rows),) + tuple(row_shape)
+        self.dtype = np.dtype(dtype)
+        self._row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd: Optional[int] = os.open(path, os.O_RDONLY)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self._row_bytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step == 1:
+                count = max(stop - start, 0)
+                data = os.pread(self._fd, count * self._row_bytes, start * self._row_bytes)
+                return np.frombuffer(data, self.dtype).reshape((count,) + self.shape[1:]).copy()
+            index = np.arange(start, stop, step)
+        rows = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+        flat = out.reshape(len(rows), self._row_bytes // self.dtype.itemsize)
+        for i, row in enumerate(rows):
+            data = os.pread(self._fd, self._row_bytes, int(row) * self._row_bytes)
+            flat[i] = np.frombuffer(data, self.dtype)
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
 
 
 def _augmentation_layers(model: keras.Model) -> List[keras.layers.Layer]:
@@ -520,8 +699,10 @@ def _extractor(model, base, names: List[str], cut: Optional[PrefixCut]) -> keras
     return keras.Model(images, outputs, name="extractor")
 
 
-def _run_extractor(extractor, dataset, names, variants: int, augment: List[keras.layers.Layer], max_bytes: int):
-    """Per name, a list of `variants` arrays (one per version of the images, see `_FeatureCaches`), and labels."""
+def _run_extractor(
+    extractor, dataset, names, variants: int, augment: List[keras.layers.Layer], budget: _SpillBudget, split: str
+):
+    """Per name, a list of `variants` writers (one per version of the images, see `_FeatureCaches`), and labels."""
 
     @tf.function(reduce_retracing=True)
     def extract(images):
@@ -534,26 +715,14 @@ def _run_extractor(extractor, dataset, names, variants: int, augment: List[keras
         # One base call per version: on 2 CPU cores a batch of 32 runs faster than one of 128.
         return [extractor(version, training=False) for version in versions]
 
-    chunks = {name: [[] for _ in range(variants)] for name in names}
-    labels, used = [], 0
+    writers = {name: [budget.writer(f"{split}_{name}_{v}") for v in range(variants)] for name in names}
+    labels = []
     for images, batch_labels in dataset:
         for version, values in enumerate(extract(images)):
             for name in names:
-                chunk = values[name].numpy()
-                chunks[name][version].append(chunk)
-                used += chunk.nbytes
+                writers[name][version].append(values[name].numpy())
         labels.append(np.asarray(batch_labels).reshape(-1))
-        if used > max_bytes:
-            raise _CacheOverBudget()
-    labels = np.concatenate(labels).astype(np.int32)
-    result = {}
-    for name in names:
-        result[name] = []
-        for pieces in chunks[name]:
-            result[name].append(np.concatenate(pieces))
-            pieces.clear()  # free the pieces as soon as they are joined
-        assert all(len(array) == len(labels) for array in result[name])
-    return result, labels
+    return writers, np.concatenate(labels).astype(np.int32)
 
 
 class _CachedBatches(keras.utils.PyDataset):
@@ -583,3 +752,49 @@ class _CachedBatches(keras.utils.PyDataset):
         n = len(self._labels)
         self._order = self._rng.permutation(n)
         self._version = self._rng.integers(0, len(self._versions), n)
+
+
+class _OrderedBatches(keras.utils.PyDataset):
+    """Batches of an on-disk eval cache, in order."""
+
+    def __init__(self, features: _DiskArray, labels: np.ndarray, batch_size: int):
+        super().__init__()
+        self._features, self._labels, self._batch_size = features, labels, int(batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._labels) / self._batch_size)
+
+    def __getitem__(self, index: int):
+        rows = slice(index * self._batch_size, (index + 1) * self._batch_size)
+        return self._features[rows], self._labels[rows]
+
+
+# --- class imbalance --------------------------------------------------------------------------------------
+
+
+def class_weighting(labels: np.ndarray, num_classes: int, cfg: TrainerConfig) -> Dict[str, Any]:
+    """Whether both phases weight the loss per class, and with what (recorded in the training history).
+
+    Weights are n / (classes * count): a class with half the average count weighs 2. `auto` turns them on when
+    the largest class has more than `cfg.imbalance_ratio` times the training examples of the smallest one.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=num_classes)[:num_classes]
+    present = counts[counts > 0]
+    ratio = float(present.max() / present.min()) if len(present) else 1.0
+    applied = {"on": True, "off": False}.get(cfg.class_weighting, ratio > float(cfg.imbalance_ratio))
+    total = float(counts.sum())
+    weights = {i: (total / (num_classes * float(c)) if c else 1.0) for i, c in enumerate(counts)}
+    return {
+        "setting": cfg.class_weighting,
+        "imbalance_ratio": round(ratio, 4),
+        "threshold": float(cfg.imbalance_ratio),
+        "applied": bool(applied),
+        "class_counts": [int(c) for c in counts],
+        "weights": {int(i): float(w) for i, w in weights.items()},
+    }
+
+
+def _dataset_labels(dataset: tf.data.Dataset) -> np.ndarray:
+    """The labels of a batched (image, label) dataset: one pass over it (end-to-end modes only)."""
+    labels = [np.asarray(y).reshape(-1) for y in dataset.map(lambda x, y: y)]
+    return np.concatenate(labels) if labels else np.zeros(0, np.int64)

@@ -1,0 +1,126 @@
+"""What the benchmarks share: measuring a process tree, the machine and versions, the headline rule, metrics.
+
+The headline rule: a benchmark's default results file is what the README quotes, so it is written only by runs
+with the defaults a user gets (`ftune run` with no `--set`); a run with overrides must write elsewhere, and
+every results file records its overrides (`overrides`, `defaults`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import time
+from typing import Any, Dict, List, Sequence
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def check_headline_overrides(overrides: Sequence[str], output: str, headline_output: str) -> None:
+    """Refuses to write the headline results file from a run with overrides."""
+    if overrides and os.path.abspath(output) == os.path.abspath(headline_output):
+        raise SystemExit(
+            f"{headline_output} is the headline result and holds runs with the default settings only; "
+            f"with --set {' --set '.join(overrides)} pass --output OTHER.json"
+        )
+
+
+def run_measured(cmd: List[str], log_path: str) -> Dict[str, float]:
+    """Runs cmd, returns {'wall_s', 'peak_rss_mb'} (peak of the summed RSS over the process tree)."""
+    peak = [0]
+    with open(log_path, "w") as log:
+        started = time.time()
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample():
+            root = psutil.Process(process.pid)
+            while not done.is_set():
+                try:
+                    tree = [root] + root.children(recursive=True)
+                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+                except psutil.Error:
+                    pass
+                done.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+        wall = time.time() - started
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit code {code}; see {log_path}")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak[0] / 2**20)}
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": "none",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> Dict[str, str]:
+    from importlib import metadata
+
+    names = ["tfx", "tensorflow", "keras", "tensorflow-transform", "tensorflow-model-analysis", "apache-beam"]
+    return {name: metadata.version(name) for name in names}
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
+        dirty = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True
+        ).strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def classification_metrics(matrix: List[List[int]], class_names: List[str]) -> Dict[str, Any]:
+    """Accuracy, macro-F1 and per-class recall/precision/F1 from a confusion matrix (rows: true class)."""
+    n = len(matrix)
+    total = sum(map(sum, matrix))
+    per_class = {}
+    for i, name in enumerate(class_names):
+        true_count = sum(matrix[i])
+        predicted_count = sum(matrix[r][i] for r in range(n))
+        hit = matrix[i][i]
+        recall = hit / true_count if true_count else 0.0
+        precision = hit / predicted_count if predicted_count else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "support": true_count,
+            "recall": round(recall, 4),
+            "precision": round(precision, 4),
+            "f1": round(f1, 4),
+        }
+    return {
+        "accuracy": round(sum(matrix[i][i] for i in range(n)) / total, 4) if total else None,
+        "macro_f1": round(sum(c["f1"] for c in per_class.values()) / n, 4) if n else None,
+        "per_class": per_class,
+        "smallest_recall": _smallest_recall(per_class),
+    }
+
+
+def _smallest_recall(per_class: Dict[str, Dict[str, Any]]) -> Any:
+    if not per_class:
+        return None
+    name = min(per_class, key=lambda k: per_class[k]["recall"])
+    return {"class": name, "recall": per_class[name]["recall"]}
