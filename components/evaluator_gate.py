@@ -264,7 +264,7 @@ def failure_lines(validation, metrics: Dict[Optional[str], Dict[str, float]], ba
                 entry.update(kind="change", value=candidate, baseline=served, threshold=allowed)
                 entry["text"] = (
                     f"{subject} {candidate:.3f} vs {_num(served)} on the served model (version {baseline_version}): "
-                    f"dropped {failure.metric_value.double_value.value:+.3f}, at most {allowed:.3f} drop allowed"
+                    f"changed by {failure.metric_value.double_value.value:+.3f}, at most {allowed:.3f} drop allowed"
                 )
             else:
                 floor = threshold.value_threshold.lower_bound.value
@@ -373,7 +373,8 @@ def decision_text(summary: Dict[str, Any]) -> str:
     """One sentence: the verdict, and for a refusal the metric, the class and both numbers of each failure."""
     if not summary["blessed"]:
         why = "; ".join(f["text"] for f in summary["failures"][:5]) or "the Evaluator did not bless the model"
-        return f"NOT BLESSED: {why}"
+        floors_only = "" if summary["change_thresholds_used"] else f" (floors only: {summary['baseline_note']})"
+        return f"NOT BLESSED: {why}{floors_only}"
     t = summary["thresholds"]
     gated = sum(1 for c in summary["classes"].values() if c["gated"])
     text = (

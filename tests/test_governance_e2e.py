@@ -113,7 +113,7 @@ def test_first_run_pushes_version_1_with_its_record(first_run, config):
     assert served(config) == [1]
     record = record_of(config, 1)
     assert record["version"] == 1 and record["kind"] == "trained" and record["rollback_of"] is None
-    assert record["labels"] == list(SHAPE_NAMES[:3])
+    assert record["labels"] == sorted(SHAPE_NAMES[:3])
     assert record["data"]["roots"] == [str(data)]
     assert record["data"]["fingerprint"] == input_fingerprint(str(data), "presplit")
     assert record["data"]["images_per_class"]["eval"] == {c: EVAL_PER_CLASS for c in SHAPE_NAMES[:3]}
@@ -122,7 +122,7 @@ def test_first_run_pushes_version_1_with_its_record(first_run, config):
     metrics = record["metrics"]
     assert metrics["accuracy"] > 0.8 and set(metrics["recall_per_class"]) == set(SHAPE_NAMES[:3])
     assert metrics["macro_recall"] == pytest.approx(sum(metrics["recall_per_class"].values()) / 3)
-    assert metrics["gated_classes"] == list(SHAPE_NAMES[:3])
+    assert metrics["gated_classes"] == sorted(SHAPE_NAMES[:3])
     assert record["gate"]["baseline_version"] is None and record["gate"]["blessed"] is True
     assert "no model served yet" in record["gate"]["baseline_note"]
     assert record["started_at"] <= record["ended_at"] and record["pipeline_run"] and record["code_version"]
@@ -175,7 +175,7 @@ def test_extra_class_is_compared_on_floors_only_and_says_so(extra_class_run, con
     assert result.returncode == outcome.EXIT_OK, explain(result)
     assert served(config) == [1, 2]
     record = record_of(config, 2)
-    assert record["labels"] == list(SHAPE_NAMES[:4])
+    assert record["labels"] == sorted(SHAPE_NAMES[:4])
     assert record["gate"]["change_thresholds_used"] is False and record["gate"]["baseline_version"] == 1
     assert record["gate"]["thresholds"]["max_class_recall_drop"] is None
     assert "different label vocabulary" in record["gate"]["baseline_note"]

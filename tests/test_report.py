@@ -284,10 +284,10 @@ def test_failed_thresholds_name_metric_class_and_both_numbers():
     assert lines == [
         "overall accuracy 0.520 is below the floor 0.600",
         "class 'cats' recall 0.520 is below the floor 0.600",
-        "class 'cats' recall 0.520 vs 0.950 on the served model (version 3): dropped -0.430, at most 0.100 drop "
+        "class 'cats' recall 0.520 vs 0.950 on the served model (version 3): changed by -0.430, at most 0.100 drop "
         "allowed",
     ]
-    summary = {"blessed": False, "failures": [{"text": line} for line in lines]}
+    summary = {"blessed": False, "failures": [{"text": line} for line in lines], "change_thresholds_used": True}
     assert evaluator_gate.decision_text(summary).startswith("NOT BLESSED: overall accuracy 0.520 is below")
 
 
