@@ -4,8 +4,8 @@ A CronJob, a CI job or a script tells outcomes apart by the exit code alone:
 
     0  EXIT_OK               a model was pushed, or the blessed model is already the served one
     1  EXIT_ERROR            anything unexpected (a bug, a crashed component): a traceback is printed
-    2  EXIT_INVALID_SETTINGS a setting, flag or config file is wrong (nothing ran)
-    3  EXIT_UNUSABLE_INPUT   the input cannot be used: data folder missing or unusable, weights unavailable
+    2  EXIT_INVALID_SETTINGS a setting, flag or config file is wrong, e.g. a weights file that is not there
+    3  EXIT_UNUSABLE_INPUT   the input cannot be used: data folder missing or unusable, no weights obtainable
     4  EXIT_GATE_REFUSED     the pipeline ran, the gate refused the model, nothing was pushed
 
 The run summary data (`report_data(...)["outcome"]`, `--json` output) carries the same outcome by name.

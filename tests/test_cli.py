@@ -73,7 +73,7 @@ def test_config_file_is_merged_and_checked(tmp_path):
 
 def test_missing_weights_file_stops_before_anything_runs(tmp_path):
     result = ftune("run", "--pipeline-root", str(tmp_path / "root"), "--weights", str(tmp_path / "nope.h5"))
-    assert result.returncode == outcome.EXIT_UNUSABLE_INPUT == 3
+    assert result.returncode == outcome.EXIT_INVALID_SETTINGS  # trainer.weights names a file that is not there
     assert "nope.h5" in result.stderr and "trainer.weights" in result.stderr
     assert not (tmp_path / "root" / "sample_data").exists()
 
