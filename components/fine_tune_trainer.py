@@ -9,6 +9,7 @@ artifact) and a Keras copy of the model (`model.keras`, ModelRun artifact) for i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -133,6 +134,8 @@ def run_fn(fn_args: FnArgs) -> None:
         )
     history["train_wall_s"] = time.time() - started
     history["class_names"] = class_names
+    # The settings in effect (run parameters included), for the pushed version's record.
+    history["trainer_config"] = dataclasses.asdict(cfg)
 
     export_dir = fn_args.serving_model_dir
     export_saved_model(

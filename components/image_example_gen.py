@@ -48,6 +48,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
+from serving.model_record import files_fingerprint
+
 REPORT_FILE = "ingest_report.json"
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 PROGRESS_EVERY = 500
@@ -165,6 +167,35 @@ def _size_and_mtime(path: str) -> Tuple[int, int]:
     except OSError:
         stat = os.lstat(path)  # e.g. a dangling symlink: fingerprint the link, quarantine it later
     return stat.st_size, int(stat.st_mtime)
+
+
+def input_files(input_base: str, input_config: example_gen_pb2.Input) -> List[Tuple[str, int, int]]:
+    """(path relative to input_base, size in bytes, modification time in ns) of every file ImageExampleGen reads
+    for this layout: the entries below each split root's class folders."""
+    entries = []
+    for split in input_config.splits:
+        prefix = split_root_of(split.pattern)
+        root = os.path.join(input_base, prefix)
+        classes = list_classes(root) if tf.io.gfile.isdir(root) else []
+        for _, rel_path in list_files(root, classes):
+            full = os.path.join(root, rel_path)
+            if _is_uri(full):
+                stat = tf.io.gfile.stat(full)
+                size, mtime_ns = stat.length, stat.mtime_nsec
+            else:
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    st = os.lstat(full)
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            entries.append((os.path.join(prefix, rel_path), size, mtime_ns))
+    return entries
+
+
+def input_fingerprint(input_base: str, split_mode: str, train_dir: str = "train", eval_dir: str = "validation") -> str:
+    """model_record.files_fingerprint over the files ImageExampleGen reads from input_base in this split mode
+    ("hash" or "presplit"): what the ingest report and each pushed version's record carry as data.fingerprint."""
+    return files_fingerprint(input_files(input_base, make_input_config(split_mode, train_dir, eval_dir)))
 
 
 def check_layout(input_base: str, input_config: example_gen_pb2.Input) -> List[str]:
@@ -367,6 +398,7 @@ class Executor(BaseExampleGenExecutor):
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         class_names = check_layout(input_base, input_config)
         logging.info("ImageExampleGen: classes (label ids in this order): %s", class_names)
+        fingerprint = files_fingerprint(input_files(input_base, input_config))
 
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         quarantine_dir = os.path.join(examples.uri, "_quarantine")
@@ -377,6 +409,7 @@ class Executor(BaseExampleGenExecutor):
         super().Do(input_dict, output_dict, exec_properties)
 
         report = build_report(examples.uri, input_base, input_config, class_names, quarantine_dir)
+        report["fingerprint"] = fingerprint
         report_path = write_report(examples, report)
         try:
             check_usable(report, float(exec_properties[MAX_QUARANTINE_FRACTION_KEY]), report_path)

@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+from pipeline import outcome
 from pipeline.configs import ConfigError, PipelineConfig, load_config
 
 
@@ -125,14 +126,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.local_runner import enable_progress_logging, run_local, say
+    from pipeline.reporting.report import report_data
     from pipeline.reporting.run_records import component_timings
     from pipeline.reporting.summary import run_summary
 
     config = _load(args)
     enable_progress_logging()
     result = run_local(config, stop_after="push")
-    say(run_summary(config, result, component_timings(config)))
-    return 0
+    data = report_data(config, with_predictions=False)
+    say(run_summary(config, result, component_timings(config), data=data))
+    return data["outcome"]["exit_code"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -186,6 +189,90 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    from serving.model_record import read_record
+    from serving.model_versions import served_versions
+
+    config = _load(args)
+    base = config.serving_model_dir
+    versions = served_versions(base)
+    listed = [
+        {
+            "version": v,
+            "path": os.path.join(base, str(v)),
+            "served": v == versions[-1],
+            "record": read_record(os.path.join(base, str(v))),
+        }
+        for v in versions
+    ]
+    if args.json:
+        print(json.dumps({"serving_model_dir": base, "versions": listed}, indent=2))
+        return outcome.EXIT_OK
+    if not listed:
+        print(f"[ftune] no versions under {base}")
+        return outcome.EXIT_OK
+    print(versions_table(listed))
+    return outcome.EXIT_OK
+
+
+def versions_table(listed: List[dict]) -> str:
+    """One line per version: version, push time, accuracy, macro recall, data fingerprint, origin, served."""
+
+    def num(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [("version", "pushed (UTC)", "accuracy", "macro recall", "data", "from", "served")]
+    for item in listed:
+        record = item["record"] or {}
+        metrics = record.get("metrics") or {}
+        data = record.get("data") or {}
+        fingerprint = (data.get("fingerprint") or "-").replace("sha256:", "")[:12]
+        if record.get("kind") == "rollback":
+            origin = f"rollback of {record.get('rollback_of')}"
+        elif record:
+            origin = ", ".join(data.get("roots") or []) or "-"
+        else:
+            origin = "(no record)"
+        rows.append(
+            (
+                str(item["version"]),
+                (record.get("pushed_at") or "-").replace("+00:00", ""),
+                num(metrics.get("accuracy")),
+                num(metrics.get("macro_recall")),
+                fingerprint,
+                origin,
+                "<- TF Serving serves this" if item["served"] else "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from serving.model_record import read_record, rollback_record
+    from serving.model_versions import republish, served_versions
+
+    config = _load(args)
+    base = config.serving_model_dir
+    versions = served_versions(base)
+    if args.to is None and len(versions) < 2:
+        raise RollbackError(f"nothing to roll back to: {base} holds {len(versions)} version(s)")
+    target = args.to if args.to is not None else versions[-2]
+    if target not in versions:
+        raise RollbackError(f"--to {target}: no such version under {base} (versions: {versions or 'none'})")
+    if target == versions[-1]:
+        print(f"[ftune] version {target} is already the served (highest) version; nothing to do")
+        return outcome.EXIT_OK
+    source = os.path.join(base, str(target))
+    version = republish(base, target, rollback_record(read_record(source), target))
+    print(f"[ftune] rolled back: version {version} ({os.path.join(base, str(version))}) is version {target}'s model")
+    return outcome.EXIT_OK
+
+
+class RollbackError(ValueError):
+    """`ftune rollback` was asked for something the serving folder cannot give."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftune",
@@ -232,7 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the served-model baseline, Evaluator and Pusher with LocalDagRunner (Beam "
         "DirectRunner on all cores, MLMD in SQLite under the pipeline root). Caching is "
         "on: re-running after a failure resumes. Without --data-root, sample data is "
-        "generated and used. Ends with a summary and writes the HTML report.",
+        "generated and used. Ends with a summary and writes the HTML report. Exit codes: "
+        f"{outcome.EXIT_OK} pushed (or already served), {outcome.EXIT_GATE_REFUSED} the gate refused the model, "
+        f"{outcome.EXIT_UNUSABLE_INPUT} unusable input (data, weights), {outcome.EXIT_INVALID_SETTINGS} invalid "
+        f"settings, {outcome.EXIT_ERROR} anything else.",
     )
     _add_config_options(p)
     p.add_argument(
@@ -241,6 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrained base weights (trainer.weights); default: $FTUNE_WEIGHTS, else Keras' ImageNet download",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "versions",
+        help="list the served versions with their records",
+        description="List the versions in the serving folder (<serving_dir>/<model_name>/): push time, accuracy, "
+        "macro recall, data fingerprint, where each came from, and which one TF Serving serves (the highest).",
+    )
+    _add_config_options(p)
+    p.add_argument("--json", action="store_true", help="every version with its full record, as JSON")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser(
+        "rollback",
+        help="serve an earlier version again (re-published as the new highest version)",
+        description="Copy version N to the next version number (staged, then renamed: atomic for TF Serving), "
+        "with a record saying 'rollback of N'. Nothing is deleted; the next run's gate compares against it.",
+    )
+    _add_config_options(p)
+    p.add_argument(
+        "--to", type=int, metavar="N", help="the version to serve again (default: the one below the served one)"
+    )
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(
         "report",
@@ -329,15 +441,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        message = user_error(exc)
-        if message is None:
+        known = classify_error(exc)
+        if known is None:
             raise
+        code, message = known
         print(f"ftune: error: {message}", file=sys.stderr)
-        return 2
+        return code
 
 
 def user_error(exc: BaseException) -> Optional[str]:
-    """The message for errors that are the user's to fix (bad setting, missing file, unusable data, no
+    """The message for errors that are the user's to fix; None for bugs."""
+    known = classify_error(exc)
+    return known[1] if known else None
+
+
+def classify_error(exc: BaseException) -> Optional[Tuple[int, str]]:
+    """(exit code, message) for errors that are the user's to fix (bad setting, missing file, unusable data, no
     weights), found anywhere in the exception chain (TFX wraps component errors); None for bugs."""
     # Imported here: they pull in TensorFlow, which `ftune --help` should not wait for.
     from components.image_example_gen import DataUnusableError
@@ -345,13 +464,16 @@ def user_error(exc: BaseException) -> Optional[str]:
 
     seen = set()
     if type(exc).__name__ == "ApiException":  # kfp_server_api: the KFP server answered with an error
-        return f"KFP API {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {getattr(exc, 'body', '')}"
+        message = f"KFP API {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {getattr(exc, 'body', '')}"
+        return outcome.EXIT_ERROR, message
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, DataUnusableError):
-            return f"unusable data: {exc}"
-        if isinstance(exc, (ConfigError, FileNotFoundError, WeightsUnavailableError)):
-            return str(exc)
+            return outcome.EXIT_UNUSABLE_INPUT, f"unusable data: {exc}"
+        if isinstance(exc, (ConfigError, RollbackError)):
+            return outcome.EXIT_INVALID_SETTINGS, str(exc)
+        if isinstance(exc, (FileNotFoundError, WeightsUnavailableError)):
+            return outcome.EXIT_UNUSABLE_INPUT, str(exc)
         exc = exc.__cause__ or exc.__context__
     return None
 

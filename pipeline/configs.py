@@ -131,6 +131,12 @@ class EvalConfig:
     accuracy_floor: float = 0.6
     # A candidate may be at most this much less accurate than the served model (0 = must not regress at all).
     max_accuracy_drop: float = 0.0
+    # Per class (the eval images whose true class is c): recall must be at least this floor ...
+    class_recall_floor: float = 0.5
+    # ... and at most this much below the served model's recall on the same class (same label vocabulary only).
+    max_class_recall_drop: float = 0.1
+    # Classes with fewer eval images than this are reported, not gated (a handful of images is noise).
+    min_class_examples: int = 10
 
 
 @dataclasses.dataclass
@@ -266,6 +272,9 @@ class PipelineConfig:
         _check(t.warmup_requests, t.warmup_requests >= 0, "trainer.warmup_requests", "non-negative")
         _check(e.accuracy_floor, 0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
         _check(e.max_accuracy_drop, 0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
+        _check(e.class_recall_floor, 0 <= e.class_recall_floor <= 1, "eval.class_recall_floor", "in [0, 1]")
+        _check(e.max_class_recall_drop, 0 <= e.max_class_recall_drop <= 1, "eval.max_class_recall_drop", "in [0, 1]")
+        _check(e.min_class_examples, e.min_class_examples >= 1, "eval.min_class_examples", "at least 1")
         _check(
             p.model_name,
             bool(_MODEL_NAME.match(p.model_name)),

@@ -10,7 +10,6 @@ import dataclasses
 from typing import Any, List, Mapping, Optional
 
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
 
 from components import atomic_pusher, evaluator_gate, fine_tune_trainer
 from components.image_example_gen import ImageExampleGen
@@ -114,20 +113,28 @@ def create_pipeline(
             model=trainer.outputs["model"],
             baseline_model=baseline.outputs["baseline_model"],
             schema=schema_gen.outputs["schema"],
-            eval_config=evaluator_gate.make_eval_config(config.eval.accuracy_floor, config.eval.max_accuracy_drop),
+            eval_config=evaluator_gate.make_eval_config(
+                config.eval.accuracy_floor,
+                config.eval.max_accuracy_drop,
+                class_recall_floor=config.eval.class_recall_floor,
+                max_class_recall_drop=config.eval.max_class_recall_drop,
+            ),
             accuracy_floor=run_params.get("accuracy_floor"),
+            min_class_examples=config.eval.min_class_examples,
         ).with_id("Evaluator")
         components.append(evaluator)
 
-        pusher = tfx.components.Pusher(
+        # Each pushed version carries its record (serving/model_record.py): the examples are an input for it.
+        pusher = atomic_pusher.RecordingPusher(
             model=trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],
-            push_destination=tfx.proto.PushDestination(
-                filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.serving_model_dir)
-            ),
-            custom_config={atomic_pusher.KEEP_VERSIONS_KEY: config.push.keep_versions},
-        )
-        pusher.executor_spec = executor_spec.ExecutorClassSpec(atomic_pusher.Executor)
+            examples=example_gen.outputs["examples"],
+            serving_model_dir=config.serving_model_dir,
+            custom_config={
+                atomic_pusher.KEEP_VERSIONS_KEY: config.push.keep_versions,
+                atomic_pusher.SETTINGS_KEY: config.to_dict(),
+            },
+        ).with_id("Pusher")
         components.append(pusher)
 
     return tfx.dsl.Pipeline(

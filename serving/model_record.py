@@ -19,15 +19,30 @@ The record's keys (all JSON; a key a writer cannot know is present with a null v
     settings         the full PipelineConfig as a dict (configs.PipelineConfig.to_dict())
     metrics          {"accuracy": x, "macro_recall": x, "recall_per_class": {class: x}, "examples_per_class": {..}}
     gate             {"baseline_version": int | null, "blessed": bool, "decision": "...",
-                      "change_thresholds_used": bool}
+                      "change_thresholds_used": bool,
+                      "baseline_note": "..." (why no comparison with the served model; "" when compared),
+                      "thresholds": {"accuracy_floor", "max_accuracy_drop", "class_recall_floor",
+                                     "max_class_recall_drop", "min_class_examples"} (drops null: not applied),
+                      "checked": ["what the gate checked", ...]}
     warm_start       {"from_version": int | null, "reason": "..."}
+
+Keys added by issue 11 (all optional for readers):
+    metrics.baseline_accuracy, metrics.baseline_macro_recall   the served model's numbers it was compared with
+                                                               (null when not compared)
+    metrics.gated_classes  [class, ...]: the classes whose recall the gate checked (enough eval images)
+    gate.baseline_note, gate.thresholds, gate.checked          as above
+
+Writers: the Pusher (components/atomic_pusher.py, kind "trained"), `ftune rollback` (kind "rollback": a copy of
+the rolled-back version's record with version, kind, rollback_of and pushed_at replaced).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
+import subprocess
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 from tfx.dsl.io import fileio
@@ -35,6 +50,22 @@ from tfx.dsl.io import fileio
 from serving.signatures import ASSETS_EXTRA
 
 RECORD_FILE = "model_record.json"
+RECORD_KEYS = (
+    "version",
+    "kind",
+    "rollback_of",
+    "pushed_at",
+    "started_at",
+    "ended_at",
+    "pipeline_run",
+    "code_version",
+    "labels",
+    "data",
+    "settings",
+    "metrics",
+    "gate",
+    "warm_start",
+)
 
 
 def record_path(version_dir: str) -> str:
@@ -68,3 +99,35 @@ def files_fingerprint(entries: Iterable[Tuple[str, int, int]]) -> str:
     for path, size, mtime_ns in sorted(entries):
         digest.update(f"{path}\0{int(size)}\0{int(mtime_ns)}\n".encode())
     return "sha256:" + digest.hexdigest()
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> str:
+    """`ftune <version>`, plus ` (git <commit>)` when the code runs from a git checkout."""
+    try:
+        from importlib.metadata import version
+
+        text = f"ftune {version('ftune')}"
+    except Exception:  # not installed (PYTHONPATH checkout)
+        text = "ftune (not installed)"
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{text} (git {commit})" if commit else text
+
+
+def rollback_record(source: Optional[Dict[str, Any]], source_version: int) -> Dict[str, Any]:
+    """The record of a version that re-publishes `source_version`: its record (data, settings, metrics, labels
+    of the model it holds), marked as a rollback. The "version" key is set when it is published."""
+    record = dict(source or {})
+    for key in RECORD_KEYS:
+        record.setdefault(key, None)
+    record.update(kind="rollback", rollback_of=source_version, pushed_at=utc_now())
+    return record

@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from tfx.dsl.io import fileio
 from tfx.utils import io_utils
+
+from serving.model_record import write_record
 
 STAGING_PREFIX = ".staging-"
 NO_SERVED_VERSION = -1
@@ -59,34 +61,42 @@ def serving_state(serving_model_dir: str) -> str:
     return ",".join(parts) or "none"
 
 
-def push(model_path: str, serving_model_dir: str) -> int:
-    """Pushes model_path as the next version of serving_model_dir; returns the version."""
+def push(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
+    """Pushes model_path as the next version of serving_model_dir; returns the version.
+
+    `record` (serving/model_record.py) is written into the version, with its "version" key set, before the
+    version becomes visible."""
     if "://" in serving_model_dir:
-        return push_to_object_store(model_path, serving_model_dir)
-    return push_atomically(model_path, serving_model_dir)
+        return push_to_object_store(model_path, serving_model_dir, record)
+    return push_atomically(model_path, serving_model_dir, record)
 
 
-def push_to_object_store(model_path: str, serving_model_dir: str) -> int:
+def push_to_object_store(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
     """gs:// or s3://: no atomic rename, so copy saved_model.pb last (TF Serving loads a version only once that
     file exists), as TFX's own Pusher does."""
     version = (served_versions(serving_model_dir) or [0])[-1] + 1
     target = os.path.join(serving_model_dir, str(version))
     io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb$"])
+    if record is not None:
+        write_record(target, {**record, "version": version})
     io_utils.copy_file(os.path.join(model_path, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
     return version
 
 
-def push_atomically(model_path: str, serving_model_dir: str) -> int:
+def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
     """Copies model_path to serving_model_dir/<next version> via a staged rename; returns the version."""
     os.makedirs(serving_model_dir, exist_ok=True)
     staging = os.path.join(serving_model_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
     try:
         # The model is an artifact (gs:// on Kubeflow): read it through TFX's filesystem layer.
         io_utils.copy_dir(model_path, staging)
-        _fsync_tree(staging)
         while True:
             version = (served_versions(serving_model_dir) or [0])[-1] + 1
             target = os.path.join(serving_model_dir, str(version))
+            if record is not None:
+                # Inside the staged copy, so the version appears with its record or not at all.
+                write_record(staging, {**record, "version": version})
+            _fsync_tree(staging)
             try:
                 # os.rename onto an existing non-empty folder fails, so a concurrent push cannot be overwritten.
                 os.rename(staging, target)
@@ -135,3 +145,12 @@ def prune_versions(serving_model_dir: str, keep: int) -> List[int]:
     for version in doomed:
         fileio.rmtree(os.path.join(serving_model_dir, str(version)))
     return doomed
+
+
+def republish(serving_model_dir: str, version: int, record: Optional[Dict[str, Any]] = None) -> int:
+    """Publishes a copy of an existing version as the next (highest) version, the same way a push does, so TF
+    Serving serves it again; nothing is deleted. Returns the new version."""
+    source = os.path.join(serving_model_dir, str(version))
+    if version not in served_versions(serving_model_dir):
+        raise FileNotFoundError(f"no complete version {version} under {serving_model_dir}")
+    return push(source, serving_model_dir, record)

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from pipeline import cli
+from pipeline import cli, outcome
 from pipeline.configs import ConfigError, load_config
 
 
@@ -20,7 +20,7 @@ def ftune(*args, env=None):
 def test_every_command_has_help():
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert {"sample-data", "config", "ingest", "run", "report"} <= set(commands)
+    assert {"sample-data", "config", "ingest", "run", "report", "versions", "rollback"} <= set(commands)
     for name, sub in commands.items():
         text = sub.format_help()
         assert len(sub.description or "") > 20, f"`ftune {name} --help` needs a description"
@@ -46,11 +46,13 @@ def test_config_overrides_are_typed_and_shown():
         ("trainer.fine_tune_at=200", "below the 154 layers of trainer.base_model=mobilenet_v2"),
         ("trainer.fine_tune_at=12.5", "trainer.fine_tune_at must be a whole layer index"),
         ("push.model_name=../escape", "push.model_name must be a folder name"),
+        ("eval.class_recall_floor=1.5", "eval.class_recall_floor must be in [0, 1]"),
+        ("eval.min_class_examples=0", "eval.min_class_examples must be at least 1"),
     ],
 )
 def test_bad_settings_are_errors_naming_the_key(override, named):
     result = ftune("config", "--set", override)
-    assert result.returncode == 2
+    assert result.returncode == outcome.EXIT_INVALID_SETTINGS == 2
     assert named in result.stderr and "Traceback" not in result.stderr
 
 
@@ -71,7 +73,7 @@ def test_config_file_is_merged_and_checked(tmp_path):
 
 def test_missing_weights_file_stops_before_anything_runs(tmp_path):
     result = ftune("run", "--pipeline-root", str(tmp_path / "root"), "--weights", str(tmp_path / "nope.h5"))
-    assert result.returncode == 2
+    assert result.returncode == outcome.EXIT_INVALID_SETTINGS  # trainer.weights names a file that is not there
     assert "nope.h5" in result.stderr and "trainer.weights" in result.stderr
     assert not (tmp_path / "root" / "sample_data").exists()
 
@@ -82,13 +84,13 @@ def test_no_weights_and_no_network_is_a_clear_error(tmp_path):
     env["KERAS_HOME"] = str(tmp_path / "keras_home")  # an empty cache, so Keras really has to download
     env["HTTPS_PROXY"] = env["HTTP_PROXY"] = "http://127.0.0.1:9"  # nothing listens there: fails at once
     result = ftune("run", "--pipeline-root", str(tmp_path / "root"), env=env)
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == outcome.EXIT_UNUSABLE_INPUT, result.stderr[-2000:]
     assert "FTUNE_WEIGHTS" in result.stderr and "--weights" in result.stderr
 
 
 def test_missing_data_root_is_named(tmp_path):
     result = ftune("ingest", "--pipeline-root", str(tmp_path / "root"), "--data-root", str(tmp_path / "nothing"))
-    assert result.returncode == 2 and "nothing" in result.stderr
+    assert result.returncode == outcome.EXIT_UNUSABLE_INPUT and "nothing" in result.stderr
 
 
 def test_unusable_data_is_reported_as_such(tmp_path):
@@ -103,5 +105,5 @@ def test_unusable_data_is_reported_as_such(tmp_path):
         "--set",
         'beam_args=["--direct_running_mode=in_memory"]',
     )
-    assert result.returncode == 2
+    assert result.returncode == outcome.EXIT_UNUSABLE_INPUT
     assert "unusable data" in result.stderr and "at least 2" in result.stderr

@@ -186,15 +186,31 @@ def test_quarantine_above_limit_fails_but_keeps_the_report(tmp_path):
     assert all(r["reason"].startswith("not an image") for r in report["quarantined"])
 
 
-def test_gate_thresholds_apply_to_the_overall_slice_only():
-    config = eg_gate.make_eval_config(accuracy_floor=0.8, max_accuracy_drop=0.01)
+def test_gate_has_overall_and_per_class_thresholds_narrowed_to_gated_classes():
+    config = eg_gate.make_eval_config(
+        accuracy_floor=0.8, max_accuracy_drop=0.01, class_recall_floor=0.5, max_class_recall_drop=0.1
+    )
     (metric,) = [m for m in config.metrics_specs[0].metrics if m.class_name == "SparseCategoricalAccuracy"]
     assert not metric.HasField("threshold")
-    (per_slice,) = metric.per_slice_thresholds
-    assert list(per_slice.slicing_specs) == [eg_gate.tfma.SlicingSpec()]  # overall only
-    assert per_slice.threshold.value_threshold.lower_bound.value == 0.8
-    assert per_slice.threshold.change_threshold.absolute.value == pytest.approx(-0.01)
-    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["class_name"]]  # still reported per class
+    overall, per_class = metric.per_slice_thresholds
+    assert list(overall.slicing_specs) == [eg_gate.tfma.SlicingSpec()]
+    assert overall.threshold.value_threshold.lower_bound.value == 0.8
+    assert overall.threshold.change_threshold.absolute.value == pytest.approx(-0.01)
+    assert list(per_class.slicing_specs) == [eg_gate.tfma.SlicingSpec(feature_keys=["class_name"])]
+    assert per_class.threshold.value_threshold.lower_bound.value == 0.5
+    assert per_class.threshold.change_threshold.absolute.value == pytest.approx(-0.1)
+    assert [list(s.feature_keys) for s in config.slicing_specs] == [[], ["class_name"]]  # reported per class
+
+    props = {"eval_config": eg_gate.proto_utils.proto_to_json(config), "accuracy_floor": 0.9}
+    # The run's accuracy floor (a Kubeflow run parameter) replaces the overall floor, not the class floors.
+    floored = eg_gate.thresholds_of(eg_gate._load_eval_config(eg_gate.with_accuracy_floor(props)))
+    assert floored["accuracy_floor"] == 0.9 and floored["class_recall_floor"] == 0.5
+    # Only the classes with enough eval images keep a per-class threshold; none left: no per-class threshold.
+    narrowed = eg_gate._load_eval_config(eg_gate.with_gated_classes(props, ["cat", "dog"]))
+    specs = list(narrowed.metrics_specs[0].metrics[0].per_slice_thresholds[1].slicing_specs)
+    assert [dict(s.feature_values) for s in specs] == [{"class_name": "cat"}, {"class_name": "dog"}]
+    none_gated = eg_gate._load_eval_config(eg_gate.with_gated_classes(props, []))
+    assert len(none_gated.metrics_specs[0].metrics[0].per_slice_thresholds) == 1
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path):

@@ -325,3 +325,25 @@ def test_configuration_errors_name_the_setting(tmp_path):
         runner.memory_gb("lots")
     assert runner.memory_gb("512M") == pytest.approx(0.512)
     assert runner.memory_gb("2Gi") == pytest.approx(2 * 2**30 / 1e9)
+
+
+def test_the_compiled_gate_is_the_local_gate(spec):
+    """The Evaluator task carries the same EvalConfig create_pipeline builds locally (overall + per-class
+    thresholds), min_class_examples, and the recording Pusher gets ImageExampleGen's examples for the record."""
+    import tensorflow_model_analysis as tfma
+
+    from components import evaluator_gate
+
+    config = make_config()
+    params = spec.root.dag.tasks["Evaluator"].inputs.parameters
+    compiled = json_format.Parse(params["eval_config"].runtime_value.constant.string_value, tfma.EvalConfig())
+    local = evaluator_gate.make_eval_config(
+        config.eval.accuracy_floor,
+        config.eval.max_accuracy_drop,
+        class_recall_floor=config.eval.class_recall_floor,
+        max_class_recall_drop=config.eval.max_class_recall_drop,
+    )
+    assert compiled == local
+    assert evaluator_gate.thresholds_of(compiled)["class_recall_floor"] == config.eval.class_recall_floor
+    assert params["min_class_examples"].runtime_value.constant.number_value == config.eval.min_class_examples
+    assert "examples" in spec.root.dag.tasks["Pusher"].inputs.artifacts

@@ -255,36 +255,40 @@ def test_no_run_at_all(tmp_path):
     assert "no metadata store" in data["missing"]["ingestion"]
     index = report.write_report(config)
     assert "no metadata store" in open(index, encoding="utf-8").read()
-    assert report.summary_lines(data)[-1].startswith("push: nothing pushed: no metadata store")
+    assert report.summary_lines(data)[-2].startswith("push: nothing pushed: no metadata store")
+    assert report.summary_lines(data)[-1] == "outcome: not_finished (exit code 1)"
 
 
 # --- the gate's wording --------------------------------------------------------------------------------------------
 
 
-def test_failed_thresholds_name_slice_value_and_limit():
+def test_failed_thresholds_name_metric_class_and_both_numbers():
+    from components import evaluator_gate
+
     result = validation_result_pb2.ValidationResult(validation_ok=False)
     overall = result.metric_validations_per_slice.add()
     failure = overall.failures.add()
-    failure.metric_key.name = "binary_accuracy"
+    failure.metric_key.name = "sparse_categorical_accuracy"
     failure.metric_value.double_value.value = 0.52
     failure.metric_threshold.value_threshold.lower_bound.value = 0.6
-    change = overall.failures.add()
-    change.metric_key.name = "binary_accuracy"
-    change.metric_value.double_value.value = -0.08
-    change.metric_threshold.change_threshold.absolute.value = -0.0500000001
     per_class = result.metric_validations_per_slice.add()
-    key = per_class.slice_key.single_slice_keys.add(column="class_name", bytes_value=b"cats")
-    assert key.column == "class_name"
+    per_class.slice_key.single_slice_keys.add(column="class_name", bytes_value=b"cats")
     per_class.failures.add().CopyFrom(failure)
+    change = per_class.failures.add()
+    change.metric_key.name = "sparse_categorical_accuracy"
+    change.metric_value.double_value.value = -0.43
+    change.metric_threshold.change_threshold.absolute.value = -0.1000000001
+    metrics = {None: {"candidate": 0.52, "baseline": 0.9}, "cats": {"candidate": 0.52, "baseline": 0.95}}
 
-    lines = report._failures(result)
+    lines = [f["text"] for f in evaluator_gate.failure_lines(result, metrics, baseline_version=3)]
     assert lines == [
-        "overall: binary_accuracy 0.520 is below the floor 0.600",
-        "overall: binary_accuracy changed by -0.080 against the served model; at most 0.050 drop allowed",
-        "class_name=cats: binary_accuracy 0.520 is below the floor 0.600",
+        "overall accuracy 0.520 is below the floor 0.600",
+        "class 'cats' recall 0.520 is below the floor 0.600",
+        "class 'cats' recall 0.520 vs 0.950 on the served model (version 3): changed by -0.430, at most 0.100 drop "
+        "allowed",
     ]
-    gate = {"blessed": False, "failures": lines, "candidate_accuracy": 0.52, "accuracy_floor": 0.6}
-    assert report._decision(gate).startswith("NOT BLESSED: overall: binary_accuracy 0.520 is below")
+    summary = {"blessed": False, "failures": [{"text": line} for line in lines], "change_thresholds_used": True}
+    assert evaluator_gate.decision_text(summary).startswith("NOT BLESSED: overall accuracy 0.520 is below")
 
 
 def test_not_pushed_says_why():

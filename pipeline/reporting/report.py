@@ -11,8 +11,10 @@ What the page shows, each part built from what the latest run left behind:
   * evaluation: `confusion_matrix.png` and `eval_grid.png` (eval images titled predicted vs. true, wrong ones
     first and in red), from running the exported model's `serving_tf_example` signature over the eval split
     (what TF Serving and the Evaluator run), plus TFMA's per-class accuracy
-  * the gate: blessed or not, with the numbers that decided it (candidate and served-baseline accuracy, the floor
-    and the allowed drop as the Evaluator applied them, the failed thresholds), and what the Pusher did.
+  * the gate: blessed or not, what it checked (overall accuracy, each class's recall, floors and the allowed drops
+    as the Evaluator applied them, which classes had too few eval images to be gated, whether the served model
+    was compared with and why not), recall per class and macro recall, the failed thresholds with both numbers,
+    and what the Pusher did; `outcome` names how the run ended and its exit code (pipeline/outcome.py).
 
 "The latest run" is the newest `pipeline_run` context in the run's MLMD store: a component that did not run in it
 (the run stopped after the Trainer, or failed earlier) is reported as missing, with the reason, rather than
@@ -106,6 +108,7 @@ def _collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) 
         data["predictions"], collected.grid = predicted if predicted else (None, [])
     data["gate"] = _guarded("gate", missing, lambda: _gate(run))
     data["push"] = _push(run, data["gate"])
+    data["outcome"] = _outcome(data["push"])
     return collected
 
 
@@ -303,128 +306,43 @@ class _Tally:
 
 
 def _gate(run: RunView) -> Dict[str, Any]:
-    import tensorflow_model_analysis as tfma
+    """The gate as the Evaluator applied it and what it found (its gate.json), in the report's terms."""
+    from components.evaluator_gate import GATE_FILE, read_gate_summary
 
     blessing = run.artifact("Evaluator", "blessing")
     uri = _require_uri(run, "Evaluator", "evaluation")
-    thresholds = _thresholds(os.path.join(uri, "eval_config.json"))
-    overall, per_class = _accuracies(tfma.load_metrics(uri), thresholds["metric"])
-    validation = tfma.load_validation_result(uri)
+    summary = read_gate_summary(uri)
+    if summary is None:
+        raise _Missing(f"no {GATE_FILE} in {uri} (evaluated by an older ftune)")
     baseline = run.artifact("ServedModelBaseline", "baseline_model")
-    served_version = artifact_property(baseline, "served_version")
-    gate = {
-        "blessed": bool(artifact_property(blessing, "blessed", 0))
-        if blessing is not None
-        else bool(validation.validation_ok),
-        "metric": thresholds["metric"],
-        "candidate_accuracy": overall.get("candidate"),
-        "baseline_accuracy": overall.get("baseline"),
-        "baseline_version": served_version if served_version not in (None, -1) else None,
-        "baseline_path": artifact_property(baseline, "served_path"),
-        "accuracy_floor": thresholds["floor"],
-        "max_accuracy_drop": thresholds["max_drop"],
-        "eval_example_count": overall.get("example_count"),
-        "per_class_accuracy": per_class,
-        "failures": _failures(validation),
+    thresholds = summary["thresholds"]
+    classes = summary["classes"]
+    return {
+        "blessed": bool(artifact_property(blessing, "blessed", 0)) if blessing is not None else summary["blessed"],
+        "metric": summary["metric"],
+        "candidate_accuracy": summary["accuracy"],
+        "baseline_accuracy": summary["baseline_accuracy"],
+        "baseline_version": summary["baseline_version"],
+        "baseline_path": artifact_property(baseline, "served_path") if summary["change_thresholds_used"] else None,
+        "change_thresholds_used": summary["change_thresholds_used"],
+        "baseline_note": summary["baseline_note"],
+        "accuracy_floor": thresholds["accuracy_floor"],
+        "max_accuracy_drop": thresholds["max_accuracy_drop"],
+        "class_recall_floor": thresholds["class_recall_floor"],
+        "max_class_recall_drop": thresholds["max_class_recall_drop"],
+        "min_class_examples": thresholds["min_class_examples"],
+        "eval_example_count": summary["eval_examples"],
+        "macro_recall": summary["macro_recall"],
+        "baseline_macro_recall": summary["baseline_macro_recall"],
+        "per_class_accuracy": {c: v["recall"] for c, v in sorted(classes.items()) if v["recall"] is not None},
+        "classes": classes,
+        "checked": summary["checked"],
+        "failures": [f["text"] for f in summary["failures"]],
+        "failure_details": summary["failures"],
         "evaluated_model": artifact_property(blessing, "current_model"),
         "evaluation_uri": uri,
+        "decision": summary["decision"],
     }
-    gate["decision"] = _decision(gate)
-    return gate
-
-
-def _thresholds(path: str) -> Dict[str, Any]:
-    """The gate as the Evaluator applied it: accuracy metric, floor, allowed drop (None: no baseline, not applied)."""
-    config = _read_json(path, "TFMA eval config").get("evalConfig", {})
-    for spec in config.get("metricsSpecs", []):
-        for metric in spec.get("metrics", []):
-            # The gate sets its threshold on the overall slice (per_slice_thresholds); plain `threshold` too.
-            per_slice = [t.get("threshold") for t in metric.get("perSliceThresholds", [])]
-            threshold = metric.get("threshold") or next((t for t in per_slice if t), None)
-            if not threshold:
-                continue
-            floor = threshold.get("valueThreshold", {}).get("lowerBound")
-            change = threshold.get("changeThreshold", {}).get("absolute")
-            return {
-                "metric": _snake(metric.get("className", "")),
-                "floor": float(floor) if floor is not None else None,
-                # The gate subtracts a tiny epsilon so that "equal" passes; report the configured value.
-                "max_drop": round(-float(change), 6) if change is not None else None,
-            }
-    raise _Missing(f"no metric threshold in {path}")
-
-
-def _snake(class_name: str) -> str:
-    """TFMA's metric name for a metric class, e.g. SparseCategoricalAccuracy -> sparse_categorical_accuracy."""
-    out = [("_" + c.lower()) if c.isupper() and i else c.lower() for i, c in enumerate(class_name)]
-    return "".join(out)
-
-
-def _accuracies(metrics_for_slices, metric: str) -> Tuple[Dict[str, float], Dict[str, float]]:
-    """({candidate, baseline, example_count} overall, {class name: candidate accuracy})."""
-    overall: Dict[str, float] = {}
-    per_class: Dict[str, float] = {}
-    for slice_metrics in metrics_for_slices:
-        keys = slice_metrics.slice_key.single_slice_keys
-        for item in slice_metrics.metric_keys_and_values:
-            key = item.key
-            if key.is_diff or not item.value.HasField("double_value"):
-                continue
-            role = "baseline" if key.model_name == "baseline" else "candidate"
-            value = float(item.value.double_value.value)
-            if not keys and key.name == metric:
-                overall[role] = value
-            elif not keys and key.name == "example_count" and role == "candidate":
-                overall["example_count"] = int(value)
-            elif len(keys) == 1 and key.name == metric and role == "candidate":
-                per_class[_slice_value(keys[0])] = value
-    return overall, dict(sorted(per_class.items()))
-
-
-def _slice_value(single_slice_key) -> str:
-    kind = single_slice_key.WhichOneof("kind")
-    value = getattr(single_slice_key, kind) if kind else ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _failures(validation) -> List[str]:
-    """One line per failed threshold, e.g. "overall: sparse_categorical_accuracy 0.429 is below the floor 0.600"."""
-    lines = []
-    for per_slice in validation.metric_validations_per_slice:
-        keys = per_slice.slice_key.single_slice_keys
-        where = ", ".join(f"{k.column}={_slice_value(k)}" for k in keys) or "overall"
-        for failure in per_slice.failures:
-            lines.append(f"{where}: {_failure_text(failure)}")
-    return lines
-
-
-def _failure_text(failure) -> str:
-    name = failure.metric_key.name
-    value = failure.metric_value.double_value.value
-    threshold = failure.metric_threshold
-    if threshold.HasField("change_threshold"):
-        allowed = -threshold.change_threshold.absolute.value
-        return f"{name} changed by {value:+.3f} against the served model; at most {round(allowed, 6):.3f} drop allowed"
-    if threshold.HasField("value_threshold") and threshold.value_threshold.HasField("lower_bound"):
-        return f"{name} {value:.3f} is below the floor {threshold.value_threshold.lower_bound.value:.3f}"
-    return f"{name} = {value:.3f} fails {failure.message or 'its threshold'}".strip()
-
-
-def _decision(gate: Dict[str, Any]) -> str:
-    """One sentence: the verdict and the numbers that decided it."""
-    cand, floor = _fmt(gate["candidate_accuracy"]), _fmt(gate["accuracy_floor"])
-    if not gate["blessed"]:
-        why = "; ".join(gate["failures"][:5]) or "the Evaluator did not bless the model"
-        return f"NOT BLESSED: {why}"
-    if gate["baseline_accuracy"] is None:
-        return (
-            f"BLESSED: accuracy {cand} is at least the floor {floor}; no model served yet, so no comparison "
-            "with a baseline"
-        )
-    return (
-        f"BLESSED: accuracy {cand} is at least the floor {floor} and at most {_fmt(gate['max_accuracy_drop'])} "
-        f"below the served model (version {gate['baseline_version']}, accuracy {_fmt(gate['baseline_accuracy'])})"
-    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -450,9 +368,23 @@ def _push(run: RunView, gate: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     destination = artifact_property(artifact, "pushed_destination")
     reason = f"pushed as version {version}"
     baseline_version = (gate or {}).get("baseline_version")
-    if baseline_version is not None and str(baseline_version) == str(version):
+    already = baseline_version is not None and str(baseline_version) == str(version)
+    if already:
         reason = f"this very model was already served as version {version}; not copied again"
-    return {"pushed": True, "destination": destination, "version": version, "reason": reason}
+    return {"pushed": True, "destination": destination, "version": version, "reason": reason, "already_served": already}
+
+
+def _outcome(push: Dict[str, Any]) -> Dict[str, Any]:
+    """How the run ended, by name and exit code (pipeline/outcome.py), from what the Pusher did."""
+    from pipeline import outcome
+
+    if push.get("pushed"):
+        status = outcome.ALREADY_SERVED if push.get("already_served") else outcome.PUSHED
+    elif push.get("pushed") is False:
+        status = outcome.GATE_REFUSED
+    else:
+        status = outcome.NOT_FINISHED
+    return {"status": status, "exit_code": outcome.EXIT_CODES[status], "version": push.get("version")}
 
 
 # --- the summary for the CLI ------------------------------------------------------------------------------------
@@ -486,6 +418,9 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
         lines.append(f"push: {push['destination']} ({push['reason']})")
     else:
         lines.append(f"push: nothing pushed: {push.get('reason', 'unknown')}")
+    result = data.get("outcome")
+    if result:
+        lines.append(f"outcome: {result['status']} (exit code {result['exit_code']})")
     return lines
 
 
@@ -884,26 +819,31 @@ def _gate_html(data: Dict[str, Any]) -> str:
         return "<h2>Gate (Evaluator)</h2>" + _missing_html(data["missing"].get("gate", "no evaluation"))
     baseline = (
         f"{_fmt(gate['baseline_accuracy'])} (served version {gate['baseline_version']})"
-        if gate["baseline_accuracy"] is not None
-        else "none served"
+        if gate["change_thresholds_used"]
+        else f"not compared: {gate['baseline_note']}"
     )
-    drop = (
-        _fmt(gate["max_accuracy_drop"])
-        if gate["max_accuracy_drop"] is not None
-        else "not applied (no served model to compare with)"
-    )
+    drop = _fmt(gate["max_accuracy_drop"]) if gate["change_thresholds_used"] else "not applied (floors only)"
     rows = [
         ("decision", "BLESSED" if gate["blessed"] else "NOT BLESSED"),
         (f"candidate {gate['metric']}", _fmt(gate["candidate_accuracy"])),
         (f"baseline {gate['metric']}", baseline),
         ("accuracy floor", _fmt(gate["accuracy_floor"])),
         ("allowed drop vs. served model", drop),
+        ("class recall floor", _fmt(gate["class_recall_floor"])),
+        (
+            "allowed class recall drop vs. served model",
+            _fmt(gate["max_class_recall_drop"]) if gate["change_thresholds_used"] else "not applied",
+        ),
+        ("macro recall (candidate / served)", f"{_fmt(gate['macro_recall'])} / {_fmt(gate['baseline_macro_recall'])}"),
         ("eval examples", _fmt(gate["eval_example_count"])),
     ]
     per_class = _table(
-        ("class", f"candidate {gate['metric']}"),
-        [(c, _fmt(v)) for c, v in gate["per_class_accuracy"].items()],
-        numeric=(1,),
+        ("class", "eval images", "recall", "served model's recall", "gated"),
+        [
+            (c, v["examples"], _fmt(v["recall"]), _fmt(v["baseline_recall"]), "yes" if v["gated"] else "no (too few)")
+            for c, v in gate["classes"].items()
+        ],
+        numeric=(1, 2, 3),
     )
     failures = (
         ("<p>Failed thresholds:</p><ul>" + "".join(f"<li>{_esc(f)}</li>" for f in gate["failures"]) + "</ul>")
@@ -912,9 +852,9 @@ def _gate_html(data: Dict[str, Any]) -> str:
     )
     return (
         f"<h2>Gate (Evaluator)</h2><p>{_esc(gate['decision'])}</p>{_kv_table(rows)}{failures}"
-        "<p>TFMA checks the thresholds on every slice of the eval split: all of it, and each class.</p>"
-        f'<p>Per class (TFMA slices):</p>{per_class}<p class="meta">evaluation '
-        f"<code>{_esc(gate['evaluation_uri'])}</code></p>"
+        "<p>What the gate checked:</p><ul>" + "".join(f"<li>{_esc(line)}</li>" for line in gate["checked"]) + "</ul>"
+        f'<p>Per class (recall: accuracy on the eval images of that true class):</p>{per_class}<p class="meta">'
+        f"evaluation <code>{_esc(gate['evaluation_uri'])}</code></p>"
     )
 
 

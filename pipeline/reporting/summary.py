@@ -36,15 +36,15 @@ def ingest_summary(examples_uri: Optional[str]) -> str:
     return "\n".join(lines)
 
 
-def run_summary(config, result: dict, timings: dict) -> str:
+def run_summary(config, result: dict, timings: dict, data: Optional[dict] = None) -> str:
     """The end-of-run summary: ingestion, accuracy per phase, gate decision with its numbers, push result,
-    per-component times, and where the HTML report is."""
+    per-component times, and where the HTML report is. `data`: report_data(config) when the caller has it."""
     from pipeline.reporting.report import report_data, summary_lines, write_report
 
     report_path = write_report(config)
 
     lines = ["", "=" * 72, "run summary", "=" * 72]
-    lines += summary_lines(report_data(config, with_predictions=False))
+    lines += summary_lines(data if data is not None else report_data(config, with_predictions=False))
     lines.append(
         "components: "
         + ", ".join(
