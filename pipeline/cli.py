@@ -128,34 +128,42 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _quiet(args: argparse.Namespace):
+    """Library noise filtered from stderr (this process and its children) unless --verbose; entered before the
+    imports that load TensorFlow, which logs as it loads."""
     import contextlib
 
-    from pipeline.local_runner import QuietStderr, run_local, say
-    from pipeline.reporting.run_records import latest_artifact_uri
-    from pipeline.reporting.summary import ingest_summary
+    from pipeline.local_runner import QuietStderr
 
+    return contextlib.nullcontext() if args.verbose else QuietStderr()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args)
-    with contextlib.nullcontext() if args.verbose else QuietStderr():
+    with _quiet(args):
+        from pipeline.local_runner import run_local, say
+        from pipeline.reporting.run_records import latest_artifact_uri
+        from pipeline.reporting.summary import ingest_summary
+
         run_local(config, stop_after="ingest")
-    examples_uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
-    say(ingest_summary(examples_uri))
+        examples_uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
+        say(ingest_summary(examples_uri))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from pipeline.local_runner import QuietStderr, enable_progress_logging, run_local, say
+    from pipeline.local_runner import enable_progress_logging, run_local, say
     from pipeline.reporting.run_records import component_timings
-    from pipeline.reporting.summary import run_summary, run_summary_data
 
     config = _load(args)
     enable_progress_logging(verbose=args.verbose)
-    quiet = contextlib.nullcontext() if args.verbose else QuietStderr()
     # --json: stdout carries the summary data only; progress and the text summary go to stderr.
     to_stderr = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    with quiet, to_stderr:
+    with _quiet(args), to_stderr:
+        from pipeline.reporting.summary import run_summary, run_summary_data
+
         result = run_local(config, stop_after="push")
         timings = component_timings(config)
         data = run_summary_data(config, result, timings)
@@ -174,6 +182,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    with _quiet(args):
+        return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
     from serving import predict
 
     files, missing = predict.expand_paths(args.paths)
@@ -336,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: 3)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
     _add_config_options(p)
+    _add_verbose_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

@@ -118,7 +118,8 @@ class _ProgressFilter(logging.Filter):
 # Lines of library start-up and housekeeping noise, from this process and from every Beam worker process (they
 # share its stderr): TF/XLA C++ logs (cuDNN/cuFFT/cuBLAS factory registration, TensorRT, CPU instructions),
 # absl's pre-init notice, absl/glog-formatted Python logs, Python's default-format log lines of Beam workers,
-# and Python warnings (FutureWarning & co.) with the source line printed after them.
+# Python warnings (FutureWarning & co.) with the source line printed after them, and libjpeg's own complaints
+# about a broken file (the file's row or quarantine entry already says so).
 NOISE_LINE = re.compile(
     r"""^(?:
         \d{4}-\d\d-\d\d\ \d\d:\d\d:\d\d\.\d+:\ [IWEF]\ |
@@ -126,7 +127,8 @@ NOISE_LINE = re.compile(
         WARNING:\ All\ log\ messages\ before\ absl::InitializeLog|
         (?:DEBUG|INFO|WARNING):[\w.]+:|
         \S+:\d+:\ \w*Warning:|
-        To\ enable\ the\ following\ instructions:
+        To\ enable\ the\ following\ instructions:|
+        Improper\ call\ to\ JPEG\ library|Premature\ end\ of\ JPEG\ file|Corrupt\ JPEG\ data
     )""",
     re.VERBOSE,
 )

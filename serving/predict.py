@@ -263,9 +263,16 @@ def _error_row(path: str, reason: str) -> Dict:
     return {"path": path, "ok": False, "error": reason}
 
 
+_TF_CONTEXT = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[", "File ", "Node:")
+
+
 def _first_line(text: str) -> str:
+    """The line of a TensorFlow error that says what is wrong ("jpeg::Uncompress failed. Invalid JPEG data or
+    crop window."), without the graph context TF wraps it in."""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "unknown error"
+    meaningful = [line for line in lines if not line.startswith(_TF_CONTEXT)]
+    line = (meaningful or lines or ["unknown error"])[0]
+    return line.split("\t [[")[0].split(" [[")[0].strip()[:300]
 
 
 # --- output ----------------------------------------------------------------------------------------------------
@@ -296,20 +303,31 @@ def format_rows(rows: Sequence[Dict], fmt: str, top_k: int) -> str:
 
 
 def _aligned(rows: Sequence[Dict], top_k: int) -> str:
-    cells = [["image", "prediction"] + (["next"] if top_k > 1 else [])]
+    """Columns image, prediction (and next classes when top_k > 1); an unreadable file's reason runs on after
+    its path instead of widening the columns."""
+    header = ["image", "prediction"] + (["next"] if top_k > 1 else [])
+    ok_lines = [header]
     for row in rows:
         if row["ok"]:
             first, rest = row["top"][0], row["top"][1:]
             line = [row["path"], f"{first['class']} {first['probability']:.1%}"]
             if top_k > 1:
                 line.append(", ".join(f"{e['class']} {e['probability']:.1%}" for e in rest))
+            ok_lines.append(line)
+    widths = [max(len(line[i]) for line in ok_lines) for i in range(len(header))]
+    widths[0] = max([widths[0]] + [len(row["path"]) for row in rows])
+
+    def render(line):
+        return "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
+
+    out = [render(header)]
+    scored = iter(ok_lines[1:])
+    for row in rows:
+        if row["ok"]:
+            out.append(render(next(scored)))
         else:
-            line = [row["path"], f"ERROR {row['error']}"] + ([""] if top_k > 1 else [])
-        cells.append(line)
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]) - 1)]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in cells
-    ).rstrip()
+            out.append(f"{row['path'].ljust(widths[0])}  ERROR {row['error']}")
+    return "\n".join(out)
 
 
 def stderr_progress(done: int, total: int) -> None:
