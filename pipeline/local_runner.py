@@ -128,10 +128,14 @@ NOISE_LINE = re.compile(
         (?:DEBUG|INFO|WARNING):[\w.]+:|
         \S+:\d+:\ \w*Warning:|
         To\ enable\ the\ following\ instructions:|
-        Improper\ call\ to\ JPEG\ library|Premature\ end\ of\ JPEG\ file|Corrupt\ JPEG\ data
+        Improper\ call\ to\ JPEG\ library|Premature\ end\ of\ JPEG\ file|Corrupt\ JPEG\ data|
+        Instructions\ for\ updating:
     )""",
     re.VERBOSE,
 )
+_PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning:")
+# Lines that start something worth showing: they end a dropped multi-line notice.
+_RECORD_START = re.compile(r"^(?:\[ftune\]|ftune:|Traceback|Exception|\w*Error\b)")
 
 
 def is_noise(line: str) -> bool:
@@ -165,15 +169,25 @@ class QuietStderr:
 
     @staticmethod
     def _pump(read_fd: int, out_fd: int) -> None:
-        after_warning = False
+        state, budget = None, 0
         with os.fdopen(read_fd, "rb", buffering=0) as pipe:
             for raw in iter(pipe.readline, b""):
                 line = raw.decode("utf-8", "replace")
-                # A Python warning is followed by the indented source line that raised it.
-                if is_noise(line) or (after_warning and line[:1].isspace()):
-                    after_warning = NOISE_LINE.match(line) is not None and "Warning:" in line
+                # A Python warning is followed by the indented source line that raised it; TF's deprecation
+                # notices by a few lines of instructions.
+                if state == "warning" and line[:1].isspace():
+                    state = None
                     continue
-                after_warning = False
+                if state == "block" and budget > 0 and not _RECORD_START.match(line) and not is_noise(line):
+                    budget -= 1
+                    continue
+                state = None
+                if is_noise(line):
+                    if _PYTHON_WARNING.match(line):
+                        state = "warning"
+                    elif line.startswith("Instructions for updating:"):
+                        state, budget = "block", 2  # TF's instructions: one or two lines
+                    continue
                 os.write(out_fd, raw)
 
     def __exit__(self, *exc) -> None:

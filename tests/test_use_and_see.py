@@ -148,6 +148,10 @@ def test_quiet_stderr_filters_this_process_and_its_children(tmp_path):
             "/x/google/api_core/_python_version_support.py:246: FutureWarning: You are using Python 3.10",
             "  warnings.warn(message, FutureWarning)",
             "INFO:apache_beam.runners.worker.sdk_worker_main:Logging handler created.",
+            "WARNING:tensorflow:From /x/writer.py:112: tf_record_iterator is deprecated and will be removed.",
+            "Instructions for updating:",
+            "Use eager execution and: ",
+            "`tf.data.TFRecordDataset(path)`",
         )
         with QuietStderr():
             for line in NOISE:
