@@ -111,6 +111,8 @@ def _served(config):
 def test_run_console_is_clean_and_labels_the_phases(run):
     _, result, _ = run
     console = (result.stderr + result.stdout).splitlines()
+    print(f"{len(console)} console lines ({len(result.stdout.splitlines())} of them the JSON on stdout):")
+    print(result.stderr)
     noisy = [line for line in console if any(p.search(line) for p in NOISE)]
     assert not noisy, "library noise on the console:\n" + "\n".join(noisy[:20])
     text = result.stderr

@@ -727,7 +727,7 @@ def plot_ranked_images(entries: List[Dict[str, Any]], path: str, title: str) -> 
         wrong = entry["true"] != entry["predicted"]
         ax.imshow(_thumbnail(entry["image"]))
         ax.set_title(
-            f"true: {_short(entry['true'], 16)}\npred: {_short(entry['predicted'], 16)} ({entry['probability']:.0%})",
+            f"true: {_short(entry['true'], 16)}\npred: {_short(entry['predicted'], 16)} ({entry['probability']:.1%})",
             fontsize=9,
             color="red" if wrong else "darkgreen",
         )
