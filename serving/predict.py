@@ -331,15 +331,15 @@ def _aligned(rows: Sequence[Dict], top_k: int) -> str:
 
 
 def stderr_progress(done: int, total: int) -> None:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per 10% otherwise)."""
+    """A progress bar on stderr, one line per tenth of the files (whole lines: the console filter, and logs,
+    pass lines through, not carriage-return redraws)."""
+    step = max(1, total // 10)
+    if done < total and done % step >= DEFAULT_BATCH:
+        return
     width = 30
     filled = int(width * done / max(total, 1))
-    text = f"[ftune] predict [{'#' * filled}{'.' * (width - filled)}] {done}/{total} images"
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + text + ("\n" if done >= total else ""))
-    elif done >= total or (done * 10 // max(total, 1)) != ((done - DEFAULT_BATCH) * 10 // max(total, 1)):
-        sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    bar = "#" * filled + "." * (width - filled)
+    print(f"[ftune] predict [{bar}] {done}/{total} images", file=sys.stderr, flush=True)
 
 
 def summarize(rows: Iterable[Dict]) -> str:
