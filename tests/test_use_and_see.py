@@ -420,3 +420,45 @@ def test_tflite_is_gated_on_its_accuracy_against_the_saved_model(run):
 def test_settings_section_lists_every_setting():
     page = report._settings_html({"settings": PipelineConfig().to_dict(), "ingestion": None})
     assert "<td>push.tflite</td><td>off</td>" in page and "<td>trainer.image_size</td><td>160</td>" in page
+
+
+def test_component_lines_say_started_and_finished_with_seconds():
+    import logging
+
+    from pipeline.local_runner import _ProgressFilter
+
+    progress = _ProgressFilter()
+
+    def shown(message, *args):
+        record = logging.LogRecord("absl", logging.INFO, __file__, 1, message, args, None)
+        return record.getMessage() if progress.filter(record) else None
+
+    assert shown("Component %s is running.", "Transform") == "Transform started"
+    assert re.fullmatch(r"Transform finished in \d+\.\d s", shown("Component %s is finished.", "Transform"))
+    assert shown("Component %s is running.", "StatisticsGen") == "StatisticsGen started"
+    assert shown("A cached execution %d is used.", 7) is None
+    assert shown("Component %s is finished.", "StatisticsGen").endswith(" s (cached)")
+    assert shown("Transform: some internal detail") is None
+
+
+def test_epochs_are_logged_with_their_phase_bar_and_time_left(caplog):
+    import keras
+
+    from trainer.fine_tune import PhaseProgress
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((8, 2), np.float32), np.zeros((8, 1), np.float32)
+    with caplog.at_level("INFO", logger="trainer.fine_tune"):
+        model.fit(
+            x,
+            y,
+            epochs=5,
+            initial_epoch=2,
+            verbose=0,
+            callbacks=[PhaseProgress("phase 2 (fine-tuning from layer 100)", 2, 5)],
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "Phase 2 (fine-tuning from layer 100): 3 epoch(s), up to 5"
+    assert re.match(r"Phase 2 \(fine-tuning from layer 100\) epoch 1/3 \[#{6}\.{14}\] loss \d", lines[1])
+    assert "s left in this phase" in lines[1] and lines[3].endswith("phase done") and "epoch 3/3 [####" in lines[3]
