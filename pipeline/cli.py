@@ -154,13 +154,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from pipeline.local_runner import enable_progress_logging, run_local, say
+    from pipeline.local_runner import StdoutToStderr, enable_progress_logging, run_local, say
     from pipeline.reporting.run_records import component_timings
 
     config = _load(args)
     enable_progress_logging(verbose=args.verbose)
     # --json: stdout carries the summary data only; progress and the text summary go to stderr.
-    to_stderr = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    to_stderr = StdoutToStderr() if args.json else contextlib.nullcontext()
     with _quiet(args), to_stderr:
         from pipeline.reporting.summary import run_summary, run_summary_data
 

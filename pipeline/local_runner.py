@@ -118,8 +118,9 @@ class _ProgressFilter(logging.Filter):
 # Lines of library start-up and housekeeping noise, from this process and from every Beam worker process (they
 # share its stderr): TF/XLA C++ logs (cuDNN/cuFFT/cuBLAS factory registration, TensorRT, CPU instructions),
 # absl's pre-init notice, absl/glog-formatted Python logs, Python's default-format log lines of Beam workers,
-# Python warnings (FutureWarning & co.) with the source line printed after them, and libjpeg's own complaints
-# about a broken file (the file's row or quarantine entry already says so).
+# Python warnings (FutureWarning & co.) with the source line printed after them, libjpeg's own complaints
+# about a broken file (the file's row or quarantine entry already says so), the TFLite converter's and
+# interpreter's notices, and an error TF's garbage collection ignores at exit (with its 3-line traceback).
 NOISE_LINE = re.compile(
     r"""^(?:
         \d{4}-\d\d-\d\d\ \d\d:\d\d:\d\d\.\d+:\ [IWEF]\ |
@@ -129,7 +130,9 @@ NOISE_LINE = re.compile(
         \S+:\d+:\ \w*Warning:|
         To\ enable\ the\ following\ instructions:|
         Improper\ call\ to\ JPEG\ library|Premature\ end\ of\ JPEG\ file|Corrupt\ JPEG\ data|
-        Instructions\ for\ updating:
+        Instructions\ for\ updating:|
+        INFO:\ Created\ TensorFlow\ Lite|fully_quantize:\ |
+        Exception\ ignored\ in:\ <function\ AtomicFunction\.__del__
     )""",
     re.VERBOSE,
 )
@@ -181,12 +184,17 @@ class QuietStderr:
                 if state == "block" and budget > 0 and not _RECORD_START.match(line) and not is_noise(line):
                     budget -= 1
                     continue
+                if state == "gc" and budget > 0 and not line.startswith("[ftune]"):
+                    budget -= 1  # the traceback of an error TF's garbage collection ignores
+                    continue
                 state = None
                 if is_noise(line):
                     if _PYTHON_WARNING.match(line):
                         state = "warning"
                     elif line.startswith("Instructions for updating:"):
                         state, budget = "block", 2  # TF's instructions: one or two lines
+                    elif line.startswith("Exception ignored in:"):
+                        state, budget = "gc", 3
                     continue
                 os.write(out_fd, raw)
 
@@ -196,6 +204,30 @@ class QuietStderr:
         sys.stderr.flush()
         os.dup2(self._saved, 2)  # the pipe's last writer in this process is gone; workers have exited
         self._thread.join(timeout=2)
+        os.close(self._saved)
+
+
+class StdoutToStderr:
+    """Sends everything written to stdout, by Python or by C++ libraries and child processes (file descriptor 1),
+    to stderr for the duration: `ftune run --json` keeps stdout for the JSON alone."""
+
+    def __enter__(self) -> StdoutToStderr:
+        import contextlib
+        import sys
+
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        os.dup2(2, 1)
+        self._python = contextlib.redirect_stdout(sys.stderr)
+        self._python.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        self._python.__exit__(*exc)
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
         os.close(self._saved)
 
 

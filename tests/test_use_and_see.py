@@ -117,8 +117,8 @@ def test_run_console_is_clean_and_labels_the_phases(run):
     assert not noisy, "library noise on the console:\n" + "\n".join(noisy[:20])
     text = result.stderr
     for node in ("ImageExampleGen", "Transform", "Trainer", "Evaluator", "Pusher"):
-        assert re.search(rf"\] {node} started$", text, re.M), node
-        assert re.search(rf"\] {node} finished in \d+\.\d s$", text, re.M), node
+        assert re.search(rf"^\[ftune\] [\d:]+ {node} started$", text, re.M), node
+        assert re.search(rf"^\[ftune\] [\d:]+ {node} finished in \d+\.\d s$", text, re.M), node
     assert f"Phase 1 (frozen base) epoch 1/{PHASE1} [" in text
     assert re.search(rf"Phase 2 \(fine-tuning from layer 100\) epoch {PHASE2}/{PHASE2} \[#+\]", text)
     assert "s left in this phase" in text and "run summary" in text
@@ -154,6 +154,12 @@ def test_quiet_stderr_filters_this_process_and_its_children(tmp_path):
             "Instructions for updating:",
             "Use eager execution and: ",
             "`tf.data.TFRecordDataset(path)`",
+            "Exception ignored in: <function AtomicFunction.__del__ at 0x7fc2e1c2ce50>",
+            "Traceback (most recent call last):",
+            '  File "/x/atomic_function.py", line 291, in __del__',
+            "TypeError: 'NoneType' object is not subscriptable",
+            "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+            "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, output_inference_type: FLOAT32",
         )
         with QuietStderr():
             for line in NOISE:
@@ -462,3 +468,22 @@ def test_epochs_are_logged_with_their_phase_bar_and_time_left(caplog):
     assert lines[0] == "Phase 2 (fine-tuning from layer 100): 3 epoch(s), up to 5"
     assert re.match(r"Phase 2 \(fine-tuning from layer 100\) epoch 1/3 \[#{6}\.{14}\] loss \d", lines[1])
     assert "s left in this phase" in lines[1] and lines[3].endswith("phase done") and "epoch 3/3 [####" in lines[3]
+
+
+def test_json_mode_keeps_stdout_for_the_json_alone():
+    """`ftune run --json`: Python prints, C-level writes to fd 1 and child processes' stdout all go to stderr."""
+    script = textwrap.dedent(
+        """
+        import os, subprocess, sys
+        from pipeline.local_runner import StdoutToStderr
+        with StdoutToStderr():
+            print("progress from python")
+            os.write(1, b"from C++ straight to fd 1\\n")
+            subprocess.run([sys.executable, "-c", "print('from a child process')"], check=True)
+        print('{"json": true}')
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"json": True}
+    assert result.stderr.splitlines() == ["progress from python", "from C++ straight to fd 1", "from a child process"]
