@@ -196,7 +196,10 @@ class QuietStderr:
                     elif line.startswith("Exception ignored in:"):
                         state, budget = "gc", 3
                     continue
-                os.write(out_fd, raw)
+                try:
+                    os.write(out_fd, raw)
+                except OSError:  # stderr closed (e.g. a pipe whose reader left): keep draining, never block writers
+                    pass
 
     def __exit__(self, *exc) -> None:
         import sys
