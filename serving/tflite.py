@@ -113,6 +113,7 @@ def export_tflite(
     tflite_accuracy = float(np.mean(lite_pred == labels)) if n else None
     drop = None if n == 0 else saved_model_accuracy - tflite_accuracy
     accepted = drop is not None and drop <= max_drop + 1e-9
+    tf.io.gfile.makedirs(export_dir)
     if accepted:
         with tf.io.gfile.GFile(os.path.join(export_dir, TFLITE_FILE), "wb") as f:
             f.write(flatbuffer)

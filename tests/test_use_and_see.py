@@ -487,3 +487,35 @@ def test_json_mode_keeps_stdout_for_the_json_alone():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"json": True}
     assert result.stderr.splitlines() == ["progress from python", "from C++ straight to fd 1", "from a child process"]
+
+
+@pytest.mark.parametrize("mode", ["float16", "int8"])
+def test_tflite_gate_writes_the_model_only_within_the_allowed_drop(tmp_path, monkeypatch, mode):
+    """The gate itself, on a tiny Keras model: accepted -> model.tflite beside saved_model.pb; a TFLite model that
+    loses accuracy -> no file, and the record says why."""
+    import keras
+    import tensorflow as tf
+
+    from serving import tflite
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    images = np.random.RandomState(0).uniform(0, 255, (24, 8, 8, 3)).astype(np.float32)
+    labels = np.argmax(model.predict(images, verbose=0), axis=1)  # the Keras model is right on every image
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+
+    accepted = tmp_path / "accepted"
+    # int8 may flip a close call among 24 random images: room for a few.
+    record = tflite.export_tflite(model, mode, 8, data, data, 0.25, str(accepted))
+    assert record["accepted"] and record["saved_model_accuracy"] == 1.0 and record["eval_examples"] == 24
+    assert record["accuracy_drop"] == pytest.approx(1.0 - record["tflite_accuracy"])
+    assert (accepted / tflite.TFLITE_FILE).stat().st_size == record["size_bytes"]
+    assert tflite.read_record(str(accepted)) == record
+
+    rejected = tmp_path / "rejected"
+    original = tflite.tflite_logits
+    monkeypatch.setattr(tflite, "tflite_logits", lambda flatbuffer, x: -original(flatbuffer, x))  # argmin: wrong
+    record = tflite.export_tflite(model, mode, 8, data, data, 0.01, str(rejected))
+    assert not record["accepted"] and record["accuracy_drop"] > 0.01 and record["file"] is None
+    assert "more than eval.max_tflite_accuracy_drop=0.01" in record["reason"]
+    assert not (rejected / tflite.TFLITE_FILE).exists() and tflite.read_record(str(rejected)) == record
