@@ -116,7 +116,7 @@ def _collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) 
     data["gate"] = _guarded("gate", missing, lambda: _gate(run))
     data["push"] = _push(run, data["gate"])
     data["tflite"] = _guarded("tflite", missing, lambda: _tflite(run, data["push"]))
-    data["settings"] = config.to_dict()
+    data["settings"] = config.to_dict()  # as loaded by the command writing the report (`ftune run`: the run's)
     return collected
 
 
@@ -1183,7 +1183,8 @@ def _settings_html(data: Dict[str, Any]) -> str:
     return (
         "<h2>Input and settings</h2>"
         + _kv_table(inputs)
-        + "<details><summary>Every setting of this run (<code>ftune config</code> keys)</summary>"
+        + "<details><summary>Every setting (<code>ftune config</code> keys), as loaded by the command that wrote "
+        "this report: the run's own when <code>ftune run</code> wrote it</summary>"
         + _table(("key", "value"), rows)
         + "</details>"
     )
