@@ -142,7 +142,8 @@ _RECORD_START = re.compile(r"^(?:\[ftune\]|ftune:|Traceback|Exception|\w*Error\b
 
 
 def is_noise(line: str) -> bool:
-    return bool(NOISE_LINE.match(line))
+    # A quarantined file matters to the user, whichever process logs it and in whatever format.
+    return bool(NOISE_LINE.match(line)) and "quarantined" not in line
 
 
 class QuietStderr:

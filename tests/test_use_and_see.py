@@ -165,6 +165,7 @@ def test_quiet_stderr_filters_this_process_and_its_children(tmp_path):
             for line in NOISE:
                 print(line, file=sys.stderr, flush=True)
             print("[ftune] kept from the parent", file=sys.stderr, flush=True)
+            print("WARNING:root:ImageExampleGen: quarantined /d/a.jpg: truncated", file=sys.stderr, flush=True)
             child = "import sys\\nfor l in %r: print(l, file=sys.stderr)\\nprint('kept from a child', file=sys.stderr)"
             subprocess.run([sys.executable, "-c", child % (NOISE,)], check=True)
             print("Traceback (most recent call last):", file=sys.stderr, flush=True)
@@ -174,6 +175,7 @@ def test_quiet_stderr_filters_this_process_and_its_children(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         "[ftune] kept from the parent",
+        "WARNING:root:ImageExampleGen: quarantined /d/a.jpg: truncated",
         "kept from a child",
         "Traceback (most recent call last):",
     ]
