@@ -257,7 +257,13 @@ class PhaseProgress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._started = time.perf_counter()
-        log.info("%s: %d epoch(s), up to %d", self.label, self.epochs - self.initial_epoch, self.epochs)
+        log.info(
+            "%s: %d epoch(s), overall epochs %d-%d",
+            self.label,
+            self.epochs - self.initial_epoch,
+            self.initial_epoch + 1,
+            self.epochs,
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
