@@ -30,11 +30,14 @@ from tfx.utils import json_utils
 from pipeline.configs import TrainerConfig
 from serving.export import export_saved_model
 from serving.signatures import ASSETS_EXTRA, LABELS_FILE
+from serving.tflite import export_tflite
 from trainer import features
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
 
 HISTORY_FILE = "training_history.json"
+# custom_config key of the TFLite export: {"mode": push.tflite, "max_accuracy_drop": eval.max_tflite_accuracy_drop}
+TFLITE_KEY = "tflite"
 KERAS_MODEL_FILE = "model.keras"
 SHUFFLE_BUFFER = 4096
 
@@ -146,6 +149,11 @@ def run_fn(fn_args: FnArgs) -> None:
         export_dir,
         warmup_images=warmup_images(eval_ds, cfg.warmup_requests),
     )
+    tflite = (fn_args.custom_config or {}).get(TFLITE_KEY)  # absent: a pipeline built without the option
+    if tflite and tflite["mode"] != "off":
+        history["tflite"] = export_tflite(
+            model, tflite["mode"], cfg.image_size, train_ds, eval_ds, float(tflite["max_accuracy_drop"]), export_dir
+        )
     write_model_files(
         os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history, class_names, model
     )

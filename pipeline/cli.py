@@ -58,6 +58,23 @@ def _load(args: argparse.Namespace) -> PipelineConfig:
     return config if getattr(args, "func", None) is cmd_compile else config.absolute_paths()
 
 
+def _add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every log line, including TensorFlow/absl/Beam start-up messages and warnings (hidden by default)",
+    )
+
+
+def package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ftune")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _add_kfp_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
@@ -112,29 +129,48 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.local_runner import run_local, say
-    from pipeline.reporting.run_records import latest_artifact_uri
-    from pipeline.reporting.summary import ingest_summary
+def _quiet(args: argparse.Namespace):
+    """Library noise filtered from stderr (this process and its children) unless --verbose; entered before the
+    imports that load TensorFlow, which logs as it loads."""
+    import contextlib
 
+    from pipeline.local_runner import QuietStderr
+
+    return contextlib.nullcontext() if args.verbose else QuietStderr()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args)
-    run_local(config, stop_after="ingest")
-    examples_uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
-    say(ingest_summary(examples_uri))
+    with _quiet(args):
+        from pipeline.local_runner import run_local, say
+        from pipeline.reporting.run_records import latest_artifact_uri
+        from pipeline.reporting.summary import ingest_summary
+
+        run_local(config, stop_after="ingest")
+        examples_uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
+        say(ingest_summary(examples_uri))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.local_runner import enable_progress_logging, run_local, say
-    from pipeline.reporting.report import report_data
+    import contextlib
+
+    from pipeline.local_runner import StdoutToStderr, enable_progress_logging, run_local, say
     from pipeline.reporting.run_records import component_timings
-    from pipeline.reporting.summary import run_summary
 
     config = _load(args)
-    enable_progress_logging()
-    result = run_local(config, stop_after="push")
-    data = report_data(config, with_predictions=False)
-    say(run_summary(config, result, component_timings(config), data=data))
+    enable_progress_logging(verbose=args.verbose)
+    # --json: stdout carries the summary data only; progress and the text summary go to stderr.
+    to_stderr = StdoutToStderr() if args.json else contextlib.nullcontext()
+    with _quiet(args), to_stderr:
+        from pipeline.reporting.summary import run_summary, run_summary_data
+
+        result = run_local(config, stop_after="push")
+        timings = component_timings(config)
+        data = run_summary_data(config, result, timings)
+        say(run_summary(config, result, timings, data))
+    if args.json:
+        print(json.dumps(data, indent=2), flush=True)
     return data["outcome"]["exit_code"]
 
 
@@ -143,6 +179,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config = _load(args)
     print(f"[ftune] report: {write_report(config, args.output)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    with _quiet(args):
+        return _predict(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from serving import predict
+
+    files, missing = predict.expand_paths(args.paths)
+    if args.server:
+        config = _load(args)
+        labels = None
+        if os.path.isdir(config.serving_model_dir) and predict.served_versions(config.serving_model_dir):
+            labels = predict.read_labels(predict.resolve_version_dir(config.serving_model_dir, args.version)[0])
+        predictor = predict.RestPredictor(args.server, config.push.model_name, args.version, labels=labels)
+    elif args.model_dir:
+        predictor = predict.LocalPredictor(args.model_dir)
+    else:
+        config = _load(args)
+        version_dir, version = predict.resolve_version_dir(config.serving_model_dir, args.version)
+        predictor = predict.LocalPredictor(version_dir)
+    print(f"[ftune] predict: {len(files)} file(s) with {predictor.source}", file=sys.stderr, flush=True)
+    progress = predict.stderr_progress if len(files) > predict.DEFAULT_BATCH else None
+    rows = missing + predict.predict_files(files, predictor, top_k=args.top_k, progress=progress)
+    print(predict.format_rows(rows, args.format, args.top_k), flush=True)
+    print(f"[ftune] {predict.summarize(rows)}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -279,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Folder of labelled images -> served image classifier (TFX, freeze-then-fine-tune transfer "
         "learning).",
     )
+    parser.add_argument("--version", action="version", version=f"ftune {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -310,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "statistics and infer the schema, then stop.",
     )
     _add_config_options(p)
+    _add_verbose_option(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -329,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         metavar="PATH|imagenet|none",
         help="pretrained base weights (trainer.weights); default: $FTUNE_WEIGHTS, else Keras' ImageNet download",
+    )
+    _add_verbose_option(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run summary's data as JSON on stdout (progress and the text summary go to stderr)",
     )
     p.set_defaults(func=cmd_run)
 
@@ -364,6 +437,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.add_argument("--output", metavar="DIR", help="output folder (default: <pipeline_root>/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with the served model (or another version, folder or TF Serving)",
+        description="Classify images: files, folders (recursively) or glob patterns. Calls the model's "
+        "serving_default signature with the raw file bytes, as TF Serving does, in batches; by default the "
+        "served version (the highest under the serving folder). A file that cannot be read or decoded gets a "
+        "row with the reason; the others are still scored. The table/CSV/JSON goes to stdout, progress to stderr.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob pattern (quote it)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model-dir", metavar="DIR", help="a SavedModel folder (e.g. a version folder)")
+    which.add_argument(
+        "--server",
+        metavar="URL",
+        help="TF Serving REST endpoint, e.g. http://localhost:8501: POST /v1/models/<push.model_name>"
+        "[/versions/N]:predict with b64 instances",
+    )
+    p.add_argument("--version", type=int, metavar="N", help="this served version (default: the highest)")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: 3)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
+    _add_config_options(p)
+    _add_verbose_option(p)
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
         "compile",
@@ -460,6 +557,7 @@ def classify_error(exc: BaseException) -> Optional[Tuple[int, str]]:
     weights), found anywhere in the exception chain (TFX wraps component errors); None for bugs."""
     # Imported here: they pull in TensorFlow, which `ftune --help` should not wait for.
     from components.image_example_gen import DataUnusableError
+    from serving.predict import PredictError
     from trainer.weights import WeightsUnavailableError
 
     seen = set()
@@ -472,7 +570,7 @@ def classify_error(exc: BaseException) -> Optional[Tuple[int, str]]:
             return outcome.EXIT_UNUSABLE_INPUT, f"unusable data: {exc}"
         if isinstance(exc, (ConfigError, RollbackError)):
             return outcome.EXIT_INVALID_SETTINGS, str(exc)
-        if isinstance(exc, (FileNotFoundError, WeightsUnavailableError)):
+        if isinstance(exc, (FileNotFoundError, WeightsUnavailableError, PredictError)):
             return outcome.EXIT_UNUSABLE_INPUT, str(exc)
         exc = exc.__cause__ or exc.__context__
     return None

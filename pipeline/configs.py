@@ -36,6 +36,7 @@ PHASE2_MODES = ("cached_prefix", "end_to_end")
 PHASE2_LR_SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTINGS = ("auto", "on", "off")
 SPLIT_MODES = ("auto", "hash", "presplit")
+TFLITE_MODES = ("off", "float16", "int8")
 # Beam arguments used when `beam_args` is empty: the DirectRunner in multi-process mode, on every local core
 # (0 = all) or on 4 worker processes inside a Kubeflow pod, whose CPU request the spec sets.
 LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
@@ -137,6 +138,8 @@ class EvalConfig:
     max_class_recall_drop: float = 0.1
     # Classes with fewer eval images than this are reported, not gated (a handful of images is noise).
     min_class_examples: int = 10
+    # The TFLite copy (push.tflite) is pushed only if its eval accuracy is at most this much below the SavedModel's.
+    max_tflite_accuracy_drop: float = 0.01
 
 
 @dataclasses.dataclass
@@ -148,6 +151,10 @@ class PushConfig:
     model_name: str = "image_classifier"
     # Number of versions kept after a push (older ones are deleted); 0 keeps all.
     keep_versions: int = 5
+    # A TFLite copy written beside the pushed SavedModel (`<version>/model.tflite`), gated on
+    # eval.max_tflite_accuracy_drop: "off", "float16" (float16 weights) or "int8" (post-training quantisation
+    # calibrated on training images; float32 input and output).
+    tflite: str = "off"
 
 
 @dataclasses.dataclass
@@ -282,6 +289,13 @@ class PipelineConfig:
             "a folder name: letters, digits, '_', '.' or '-' (no '/' and not starting with '.')",
         )
         _check(p.keep_versions, p.keep_versions >= 0, "push.keep_versions", "non-negative")
+        _check(p.tflite, p.tflite in TFLITE_MODES, "push.tflite", _one_of(TFLITE_MODES))
+        _check(
+            e.max_tflite_accuracy_drop,
+            0 <= e.max_tflite_accuracy_drop <= 1,
+            "eval.max_tflite_accuracy_drop",
+            "in [0, 1]",
+        )
         k = self.kubeflow
         _check(k.gpu_count, k.gpu_count >= 0, "kubeflow.gpu_count", "non-negative")
         _check(k.trainer_cpu, k.trainer_cpu > 0, "kubeflow.trainer_cpu", "positive")

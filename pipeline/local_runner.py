@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Callable, Dict, List
 
@@ -65,7 +66,10 @@ def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] =
 
 class _ProgressFilter(logging.Filter):
     """Lets through the lines a user follows a run by: component start/finish (TFX), cache hits, and the
-    progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden."""
+    progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden.
+
+    TFX's "Component X is running." / "is finished." become "X started" / "X finished in N s" (with "(cached)"
+    when TFX reused an earlier execution's outputs instead of running it)."""
 
     PREFIXES = (
         "Component ",
@@ -79,30 +83,178 @@ class _ProgressFilter(logging.Filter):
         "Phase",
     )
 
+    _RUNNING = re.compile(r"^Component (\S+) is running\.$")
+    _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
+
+    def __init__(self):
+        super().__init__()
+        self._started: Dict[str, float] = {}
+        self._cached = False
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.levelno >= logging.WARNING:
             return "quarantined" in message or record.levelno >= logging.ERROR
+        if message.startswith("A cached execution"):
+            self._cached = True
+            return False
+        running, finished = self._RUNNING.match(message), self._FINISHED.match(message)
+        if running:
+            self._started[running.group(1)] = time.time()
+            self._cached = False
+            self._rewrite(record, f"{running.group(1)} started")
+        elif finished:
+            node = finished.group(1)
+            seconds = time.time() - self._started.pop(node, time.time())
+            self._rewrite(record, f"{node} finished in {seconds:.1f} s{' (cached)' if self._cached else ''}")
+            self._cached = False
         return message.startswith(self.PREFIXES)
 
+    @staticmethod
+    def _rewrite(record: logging.LogRecord, message: str) -> None:
+        record.msg, record.args = message, None
 
-def enable_progress_logging() -> None:
-    """Shows component progress on stderr with timestamps, TFX's other INFO chatter filtered out.
+
+# Lines of library start-up and housekeeping noise, from this process and from every Beam worker process (they
+# share its stderr): TF/XLA C++ logs (cuDNN/cuFFT/cuBLAS factory registration, TensorRT, CPU instructions),
+# absl's pre-init notice, absl/glog-formatted Python logs, Python's default-format log lines of Beam workers,
+# Python warnings (FutureWarning & co.) with the source line printed after them, libjpeg's own complaints
+# about a broken file (the file's row or quarantine entry already says so), the TFLite converter's and
+# interpreter's notices, and an error TF's garbage collection ignores at exit (with its 3-line traceback).
+NOISE_LINE = re.compile(
+    r"""^(?:
+        \d{4}-\d\d-\d\d\ \d\d:\d\d:\d\d\.\d+:\ [IWEF]\ |
+        [IWEF]\d{4}\ [\d:.]+\s+\d+\ \S+:\d+\]|
+        WARNING:\ All\ log\ messages\ before\ absl::InitializeLog|
+        (?:DEBUG|INFO|WARNING):[\w.]+:|
+        \S+:\d+:\ \w*Warning:|
+        To\ enable\ the\ following\ instructions:|
+        Improper\ call\ to\ JPEG\ library|Premature\ end\ of\ JPEG\ file|Corrupt\ JPEG\ data|
+        Instructions\ for\ updating:|
+        INFO:\ Created\ TensorFlow\ Lite|fully_quantize:\ |
+        Exception\ ignored\ in:\ <function\ AtomicFunction\.__del__
+    )""",
+    re.VERBOSE,
+)
+_PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning:")
+# Lines that start something worth showing: they end a dropped multi-line notice.
+_RECORD_START = re.compile(r"^(?:\[ftune\]|ftune:|Traceback|Exception|\w*Error\b)")
+
+
+def is_noise(line: str) -> bool:
+    # A quarantined file matters to the user, whichever process logs it and in whatever format.
+    return bool(NOISE_LINE.match(line)) and "quarantined" not in line
+
+
+class QuietStderr:
+    """Filters library noise (NOISE_LINE) out of file descriptor 2 for this process and its children.
+
+    Beam's DirectRunner workers are child processes writing to the same stderr, and TensorFlow's C++ logs bypass
+    Python, so the filter sits on the file descriptor: fd 2 becomes a pipe whose reader thread forwards every
+    line that is not noise to the real stderr. `with QuietStderr():` restores fd 2 on exit.
+    """
+
+    def __init__(self):
+        self._saved = None
+        self._thread = None
+
+    def __enter__(self) -> QuietStderr:
+        import sys
+        import threading
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(target=self._pump, args=(read_fd, self._saved), daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _pump(read_fd: int, out_fd: int) -> None:
+        state, budget = None, 0
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            for raw in iter(pipe.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                # A Python warning is followed by the indented source line that raised it; TF's deprecation
+                # notices by a few lines of instructions.
+                if state == "warning" and line[:1].isspace():
+                    state = None
+                    continue
+                if state == "block" and budget > 0 and not _RECORD_START.match(line) and not is_noise(line):
+                    budget -= 1
+                    continue
+                if state == "gc" and budget > 0 and not line.startswith("[ftune]"):
+                    budget -= 1  # the traceback of an error TF's garbage collection ignores
+                    continue
+                state = None
+                if is_noise(line):
+                    if _PYTHON_WARNING.match(line):
+                        state = "warning"
+                    elif line.startswith("Instructions for updating:"):
+                        state, budget = "block", 2  # TF's instructions: one or two lines
+                    elif line.startswith("Exception ignored in:"):
+                        state, budget = "gc", 3
+                    continue
+                try:
+                    os.write(out_fd, raw)
+                except OSError:  # stderr closed (e.g. a pipe whose reader left): keep draining, never block writers
+                    pass
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # the pipe's last writer in this process is gone; workers have exited
+        self._thread.join(timeout=2)
+        os.close(self._saved)
+
+
+class StdoutToStderr:
+    """Sends everything written to stdout, by Python or by C++ libraries and child processes (file descriptor 1),
+    to stderr for the duration: `ftune run --json` keeps stdout for the JSON alone."""
+
+    def __enter__(self) -> StdoutToStderr:
+        import contextlib
+        import sys
+
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        os.dup2(2, 1)
+        self._python = contextlib.redirect_stdout(sys.stderr)
+        self._python.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        self._python.__exit__(*exc)
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+
+
+def enable_progress_logging(verbose: bool = False) -> None:
+    """Shows component progress on stderr with timestamps, TFX's other INFO chatter filtered out (all of it shown
+    when `verbose`).
 
     TFX logs through absl, which propagates to Python's root logger; our components log to the root logger too.
     So one filtered handler on the root logger sees both."""
     import sys
     import warnings
 
-    # Google client libraries warn about Python 3.10 on import, in every Beam worker process too.
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    if not verbose:
+        # Google client libraries warn about Python 3.10 on import, in every Beam worker process too.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+        warnings.filterwarnings("ignore", category=FutureWarning)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[ftune] %(asctime)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(_ProgressFilter())
+    if not verbose:
+        handler.addFilter(_ProgressFilter())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     # Through absl's API, not logging.getLogger("absl").setLevel: code that lowers the verbosity for a while

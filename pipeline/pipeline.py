@@ -97,7 +97,13 @@ def create_pipeline(
             # Epochs, early stopping and batch size come from the trainer config; TFX's step counts are unused.
             train_args=tfx.proto.TrainArgs(num_steps=0),
             eval_args=tfx.proto.EvalArgs(num_steps=0),
-            custom_config={"trainer": dataclasses.asdict(config.trainer)},
+            custom_config={
+                "trainer": dataclasses.asdict(config.trainer),
+                fine_tune_trainer.TFLITE_KEY: {
+                    "mode": config.push.tflite,
+                    "max_accuracy_drop": config.eval.max_tflite_accuracy_drop,
+                },
+            },
             **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},
         ).with_id("Trainer")
         components.append(trainer)

@@ -118,7 +118,7 @@ def resumed_first_run(root, config):
     killed_during_trainer = False
     deadline = time.time() + 600
     for line in process.stdout:
-        if "Component Trainer is running" in line:
+        if line.rstrip().endswith(" Trainer started"):  # the console line for TFX's "Component Trainer is running."
             time.sleep(3)  # let it get into training
             os.killpg(process.pid, signal.SIGKILL)
             killed_during_trainer = True

@@ -44,7 +44,13 @@ DATA_FILE = "report_data.json"
 LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
 EVAL_GRID_PNG = "eval_grid.png"
+MISTAKES_PNG = "confident_mistakes.png"
+UNSURE_PNG = "unsure_correct.png"
 FIGURES = (LEARNING_CURVES_PNG, CONFUSION_MATRIX_PNG, EVAL_GRID_PNG)
+# Drawn only when there is something to show (no mistakes: no mistakes figure).
+RANKED_FIGURES = (MISTAKES_PNG, UNSURE_PNG)
+# Most confident mistakes / least confident correct predictions shown (fastai's "top losses" view).
+RANKED_IMAGES = 10
 
 PREDICT_BATCH = 64
 MAX_PREDICT_EXAMPLES = 2000
@@ -78,6 +84,8 @@ _SERVING_DIR = "Format-Serving"
 class _Collected:
     data: Dict[str, Any]
     grid: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # eval images for the grid figure
+    mistakes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # most confident wrong ones
+    unsure: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # least confident right ones
     history: Optional[Dict[str, Any]] = None  # the full training_history.json
 
 
@@ -105,10 +113,13 @@ def _collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) 
     data["training"] = _training(run, history) if history else None
     if with_predictions:
         predicted = _guarded("predictions", missing, lambda: _predictions(run, data["ingestion"], keep_images))
-        data["predictions"], collected.grid = predicted if predicted else (None, [])
+        data["predictions"], collected.grid = predicted[:2] if predicted else (None, [])
+        collected.mistakes, collected.unsure = predicted[2] if predicted else ([], [])
     data["gate"] = _guarded("gate", missing, lambda: _gate(run))
     data["push"] = _push(run, data["gate"])
     data["outcome"] = _outcome(data["push"])
+    data["tflite"] = _guarded("tflite", missing, lambda: _tflite(run, data["push"]))
+    data["settings"] = config.to_dict()  # as loaded by the command writing the report (`ftune run`: the run's)
     return collected
 
 
@@ -229,11 +240,11 @@ def _predictions(run: RunView, ingestion: Optional[Dict[str, Any]], keep_images:
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(MAX_PREDICT_EXAMPLES)
     for batch in records.batch(PREDICT_BATCH).as_numpy_iterator():
         outputs = loaded.signatures[TF_EXAMPLE_SIGNATURE](examples=tf.constant(batch))
-        tally.add(batch, outputs["class_ids"].numpy())
+        tally.add(batch, outputs["class_ids"].numpy(), outputs["probabilities"].numpy())
     split_size = (ingestion or {}).get("accepted_per_split", {}).get("eval")
     numbers = tally.numbers(class_names, split_size)
     numbers.update(signature=TF_EXAMPLE_SIGNATURE, model_dir=model_dir)
-    return numbers, tally.grid(class_names)
+    return numbers, tally.grid(class_names), tally.ranked(class_names)
 
 
 def _class_names(loaded: Any, model_uri: str, ingestion: Optional[Dict[str, Any]]) -> List[str]:
@@ -259,14 +270,20 @@ class _Tally:
         self.wrong: List[Dict[str, Any]] = []
         self.right: List[Dict[str, Any]] = []
         self.cells = GRID_COLUMNS * GRID_ROWS
+        # (confidence, order, entry): the most confident wrong and the least confident right predictions.
+        self.confident_wrong: List[Tuple[float, int, Dict[str, Any]]] = []
+        self.unsure_right: List[Tuple[float, int, Dict[str, Any]]] = []
+        self._seen = 0
 
-    def add(self, serialized: Sequence[bytes], predicted: Sequence[int]) -> None:
+    def add(self, serialized: Sequence[bytes], predicted: Sequence[int], probabilities=None) -> None:
         import tensorflow as tf
 
-        for record, pred in zip(serialized, predicted, strict=True):
+        for index, (record, pred) in enumerate(zip(serialized, predicted, strict=True)):
             feature = tf.train.Example.FromString(record).features.feature
             true, pred = int(feature["label"].int64_list.value[0]), int(pred)
             self.matrix[true][pred] += 1
+            if probabilities is not None:
+                self._rank(feature, true, pred, float(probabilities[index][pred]))
             bucket = self.wrong if true != pred else self.right
             if len(bucket) < self.cells:
                 entry = {
@@ -277,6 +294,35 @@ class _Tally:
                 if self.keep_images:
                     entry["image"] = feature["image"].bytes_list.value[0]
                 bucket.append(entry)
+
+    def _rank(self, feature, true: int, pred: int, confidence: float) -> None:
+        import heapq
+
+        self._seen += 1
+        entry = {
+            "file_name": feature["file_name"].bytes_list.value[0].decode("utf-8", "replace"),
+            "true": true,
+            "predicted": pred,
+            "probability": confidence,
+        }
+        if self.keep_images:
+            entry["image"] = feature["image"].bytes_list.value[0]
+        # heapq keeps the smallest first: most confident wrong -> key confidence; least confident right -> -conf.
+        heap, key = (self.confident_wrong, confidence) if true != pred else (self.unsure_right, -confidence)
+        item = (key, self._seen, entry)
+        if len(heap) < RANKED_IMAGES:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+
+    def ranked(self, class_names: List[str]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+        """(most confident mistakes, most confident first; least confident correct ones, least first)."""
+
+        def named(items, reverse):
+            ordered = [e for _, _, e in sorted(items, key=lambda t: t[:2], reverse=reverse)]
+            return [{**e, "true": class_names[e["true"]], "predicted": class_names[e["predicted"]]} for e in ordered]
+
+        return named(self.confident_wrong, True), named(self.unsure_right, True)
 
     def numbers(self, class_names: List[str], split_size: Optional[int]) -> Dict[str, Any]:
         total = sum(map(sum, self.matrix))
@@ -295,11 +341,61 @@ class _Tally:
             "truncated": total >= MAX_PREDICT_EXAMPLES and (split_size is None or split_size > total),
             "max_examples": MAX_PREDICT_EXAMPLES,
             "wrong_examples": wrong,
+            **per_class_metrics(self.matrix, class_names),
+            "confident_mistakes": [_no_image(e) for e in self.ranked(class_names)[0]],
+            "unsure_correct": [_no_image(e) for e in self.ranked(class_names)[1]],
         }
 
     def grid(self, class_names: List[str]) -> List[Dict[str, Any]]:
         chosen = (self.wrong + self.right)[: self.cells]
         return [{**e, "true": class_names[e["true"]], "predicted": class_names[e["predicted"]]} for e in chosen]
+
+
+def _no_image(entry: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "image"}
+
+
+def per_class_metrics(matrix: List[List[int]], class_names: List[str]) -> Dict[str, Any]:
+    """{"per_class": {class: {precision, recall, f1, support}}, "macro": {precision, recall, f1}} from a
+    confusion matrix (rows true, columns predicted). A class never predicted has precision None (no
+    prediction to be right about) and counts as 0 in the macro average, as scikit-learn's default does."""
+    n = len(matrix)
+    per_class: Dict[str, Dict[str, Any]] = {}
+    for i in range(n):
+        tp = matrix[i][i]
+        predicted = sum(matrix[r][i] for r in range(n))
+        actual = sum(matrix[i])
+        precision = tp / predicted if predicted else None
+        recall = tp / actual if actual else None
+        p, r = precision or 0.0, recall or 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_class[class_names[i]] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+    present = [m for m in per_class.values() if m["support"]]
+
+    def mean(key):
+        return sum((m[key] or 0.0) for m in present) / len(present) if present else None
+
+    return {"per_class": per_class, "macro": {key: mean(key) for key in ("precision", "recall", "f1")}}
+
+
+# --- TFLite --
+
+
+def _tflite(run: RunView, push: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The Trainer's TFLite record (serving/tflite.py) plus where the pushed copy is; None when push.tflite=off."""
+    from serving.tflite import TFLITE_FILE, read_record
+
+    uri = run.uri("Trainer", "model")
+    if uri is None:
+        return None  # the training section says why
+    record = read_record(os.path.join(uri, _SERVING_DIR))
+    if record is None:
+        return None
+    pushed_path = None
+    if push.get("pushed") and push.get("destination") and record.get("accepted"):
+        candidate = os.path.join(push["destination"], TFLITE_FILE)
+        pushed_path = candidate if os.path.isfile(candidate) else None
+    return {**record, "pushed_path": pushed_path}
 
 
 # --- the gate --
@@ -335,6 +431,9 @@ def _gate(run: RunView) -> Dict[str, Any]:
         "macro_recall": summary["macro_recall"],
         "baseline_macro_recall": summary["baseline_macro_recall"],
         "per_class_accuracy": {c: v["recall"] for c, v in sorted(classes.items()) if v["recall"] is not None},
+        "baseline_per_class_accuracy": {
+            c: v["baseline_recall"] for c, v in sorted(classes.items()) if v.get("baseline_recall") is not None
+        },
         "classes": classes,
         "checked": summary["checked"],
         "failures": [f["text"] for f in summary["failures"]],
@@ -421,6 +520,14 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
     result = data.get("outcome")
     if result:
         lines.append(f"outcome: {result['status']} (exit code {result['exit_code']})")
+    lite = data.get("tflite")
+    if lite:
+        where = f"pushed {lite['pushed_path']}" if lite.get("pushed_path") else "not pushed"
+        lines.append(
+            f"tflite ({lite['mode']}): {lite['size_bytes'] / 1024:.0f} KB, accuracy {_fmt(lite['tflite_accuracy'])} "
+            f"vs SavedModel {_fmt(lite['saved_model_accuracy'])}; {'accepted' if lite['accepted'] else 'rejected'}, "
+            f"{where}"
+        )
     return lines
 
 
@@ -542,6 +649,28 @@ def plot_eval_grid(grid: List[Dict[str, Any]], path: str, predictions: Optional[
     return path
 
 
+def plot_ranked_images(entries: List[Dict[str, Any]], path: str, title: str) -> str:
+    """Images titled "true: X / pred: Y (97%)", in the order given (most telling first)."""
+    rows, columns = grid_shape(len(entries))
+    fig = _new_figure((GRID_CELL_SIZE[0] * columns, GRID_CELL_SIZE[1] * rows + 0.4))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= len(entries):
+            continue
+        entry = entries[index]
+        wrong = entry["true"] != entry["predicted"]
+        ax.imshow(_thumbnail(entry["image"]))
+        ax.set_title(
+            f"true: {_short(entry['true'], 16)}\npred: {_short(entry['predicted'], 16)} ({entry['probability']:.1%})",
+            fontsize=9,
+            color="red" if wrong else "darkgreen",
+        )
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path)
+    return path
+
+
 def _grid_title(grid: List[Dict[str, Any]], predictions: Optional[Dict[str, Any]]) -> str:
     total = predictions["total"] if predictions else len(grid)
     wrong = total - predictions["correct"] if predictions else sum(e["true"] != e["predicted"] for e in grid)
@@ -577,7 +706,7 @@ def write_report(config: PipelineConfig, out_dir: Optional[str] = None) -> str:
     returns the path of index.html."""
     out_dir = out_dir or os.path.join(config.pipeline_root, REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)
-    for name in FIGURES + (DATA_FILE,):  # never leave a previous report's figure beside this page
+    for name in FIGURES + RANKED_FIGURES + (DATA_FILE,):  # never leave a previous report's figure beside this page
         if os.path.exists(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
     collected = _collect(config, with_predictions=True, keep_images=True)
@@ -605,10 +734,22 @@ def _write_figures(collected: _Collected, out_dir: str) -> Dict[str, str]:
             lambda p: plot_eval_grid(collected.grid, p, data["predictions"]),
         ),
     }
+    plots[MISTAKES_PNG] = (
+        collected.mistakes,
+        "predictions",
+        lambda p: plot_ranked_images(collected.mistakes, p, "Most confident mistakes (probability of the wrong class)"),
+    )
+    plots[UNSURE_PNG] = (
+        collected.unsure,
+        "predictions",
+        lambda p: plot_ranked_images(collected.unsure, p, "Least confident correct predictions"),
+    )
     status = {}
     for name, (source, section, plot) in plots.items():
         if not source:
             status[name] = data["missing"].get(section, "no data")
+            if name in RANKED_FIGURES and data.get("predictions"):
+                status[name] = "none"  # nothing to rank: not a missing part
             continue
         try:
             plot(os.path.join(out_dir, name))
@@ -662,6 +803,8 @@ def _missing_html(reason: str) -> str:
 
 
 def _figure_html(name: str, status: Dict[str, str], alt: str) -> str:
+    if status.get(name) == "none":
+        return "<p>None among the eval images.</p>"
     if status.get(name):
         return _missing_html(f"{name}: {status[name]}")
     return f'<p><img src="{_esc(name)}" alt="{_esc(alt)}"></p>'
@@ -680,8 +823,13 @@ def render_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
         _quarantine_html(data),
         _training_html(data, figures),
         _evaluation_html(data, figures),
+        _per_class_html(data),
+        _mistakes_html(data, figures),
         _gate_html(data),
+        _candidate_vs_served_html(data),
         _push_html(data),
+        _tflite_html(data),
+        _settings_html(data),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -868,3 +1016,115 @@ def _push_html(data: Dict[str, Any]) -> str:
     else:
         body = f"<p>Nothing pushed: {_esc(push.get('reason', 'unknown'))}.</p>"
     return "<h2>Push</h2>" + body
+
+
+def _per_class_html(data: Dict[str, Any]) -> str:
+    pred = data.get("predictions")
+    title = "<h2>Per-class precision, recall and F1</h2>"
+    if pred is None:
+        return title + _missing_html(data["missing"].get("predictions", "predictions were not computed"))
+    rows = [
+        (name, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]), m["support"])
+        for name, m in pred["per_class"].items()
+    ]
+    macro = pred["macro"]
+    rows.append(("macro average", _fmt(macro["precision"]), _fmt(macro["recall"]), _fmt(macro["f1"]), pred["total"]))
+    return (
+        title
+        + "<p>On the same eval predictions as above. Precision: of the images predicted as the class, the share that "
+        "are; recall: of the images of the class, the share found. Macro: the plain mean over classes.</p>"
+        + _table(("class", "precision", "recall", "F1", "eval images"), rows, numeric=(1, 2, 3, 4))
+    )
+
+
+def _mistakes_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
+    title = "<h2>Most confident mistakes</h2>"
+    pred = data.get("predictions")
+    if pred is None:
+        return title + _missing_html(data["missing"].get("predictions", "predictions were not computed"))
+    rows = [(e["file_name"], e["true"], e["predicted"], f"{e['probability']:.1%}") for e in pred["confident_mistakes"]]
+    table = _table(("file", "true", "predicted", "probability"), rows, numeric=(3,)) if rows else ""
+    unsure = [(e["file_name"], e["true"], f"{e['probability']:.1%}") for e in pred["unsure_correct"]]
+    return (
+        title
+        + "<p>Eval images the model got wrong with the highest probability on the wrong class: mislabelled images, "
+        "confusable classes or a blind spot of the model.</p>"
+        + _figure_html(MISTAKES_PNG, figures, "most confident mistakes")
+        + table
+        + "<h2>Least confident correct predictions</h2><p>Right, but barely: the images nearest to the decision "
+        "boundary.</p>"
+        + _figure_html(UNSURE_PNG, figures, "least confident correct predictions")
+        + (_table(("file", "class", "probability"), unsure, numeric=(2,)) if unsure else "")
+    )
+
+
+def _candidate_vs_served_html(data: Dict[str, Any]) -> str:
+    title = "<h2>Candidate versus served model, per class</h2>"
+    gate = data.get("gate")
+    if gate is None:
+        return title + _missing_html(data["missing"].get("gate", "no evaluation"))
+    served = gate.get("baseline_per_class_accuracy") or {}
+    if not served:
+        return title + "<p>No model was served when this one was evaluated: nothing to compare with.</p>"
+    rows = []
+    for name, value in gate["per_class_accuracy"].items():
+        base = served.get(name)
+        diff = f"{value - base:+.3f}" if base is not None else "n/a"
+        rows.append((name, _fmt(value), _fmt(base), diff))
+    return (
+        title + f"<p>{_esc(gate['metric'])} on each class's eval images (TFMA slices), the candidate against served "
+        f"version {_esc(gate['baseline_version'])}.</p>"
+        + _table(("class", "candidate", "served", "difference"), rows, numeric=(1, 2, 3))
+    )
+
+
+def _tflite_html(data: Dict[str, Any]) -> str:
+    title = "<h2>TFLite</h2>"
+    lite = data.get("tflite")
+    mode = ((data.get("settings") or {}).get("push") or {}).get("tflite", "off")
+    if lite is None and mode == "off":
+        return title + "<p>Not requested (<code>push.tflite: off</code>).</p>"
+    if lite is None:
+        reason = data["missing"].get("tflite", "the Trainer of this run wrote no TFLite record")
+        return title + _missing_html(reason)
+    rows = [
+        ("mode", lite["mode"]),
+        ("size", f"{lite['size_bytes'] / 1024:.0f} KB"),
+        ("TFLite accuracy (interpreter, eval split)", _fmt(lite["tflite_accuracy"])),
+        ("SavedModel accuracy (same images)", _fmt(lite["saved_model_accuracy"])),
+        ("allowed drop", _fmt(lite["max_accuracy_drop"])),
+        ("agreement with the SavedModel", _fmt(lite["agreement"])),
+        ("decision", ("accepted: " if lite["accepted"] else "NOT accepted: ") + lite["reason"]),
+        ("pushed copy", lite["pushed_path"] or "none"),
+        ("input", lite["input"]),
+    ]
+    return title + _kv_table(rows)
+
+
+def _settings_html(data: Dict[str, Any]) -> str:
+    ing = data.get("ingestion") or {}
+    per_split = ", ".join(f"{s} {n}" for s, n in ing.get("accepted_per_split", {}).items())
+    inputs = [
+        ("images from", ing.get("input_base", "n/a")),
+        ("classes", f"{len(ing.get('class_names', []))}: {', '.join(ing.get('class_names', []))}"),
+        ("accepted", f"{ing.get('accepted', 'n/a')} ({per_split})"),
+        ("quarantined", ing.get("quarantined_count", "n/a")),
+    ]
+    rows = []
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value and prefix.count(".") < 1:
+            for key, sub in value.items():
+                flatten(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            rows.append((prefix, json.dumps(value) if isinstance(value, (list, dict)) else value))
+
+    flatten("", data.get("settings") or {})
+    return (
+        "<h2>Input and settings</h2>"
+        + _kv_table(inputs)
+        + "<details><summary>Every setting (<code>ftune config</code> keys), as loaded by the command that wrote "
+        "this report: the run's own when <code>ftune run</code> wrote it</summary>"
+        + _table(("key", "value"), rows)
+        + "</details>"
+    )

@@ -36,15 +36,32 @@ def ingest_summary(examples_uri: Optional[str]) -> str:
     return "\n".join(lines)
 
 
-def run_summary(config, result: dict, timings: dict, data: Optional[dict] = None) -> str:
-    """The end-of-run summary: ingestion, accuracy per phase, gate decision with its numbers, push result,
-    per-component times, and where the HTML report is. `data`: report_data(config) when the caller has it."""
-    from pipeline.reporting.report import report_data, summary_lines, write_report
+def run_summary_data(config, result: dict, timings: dict) -> dict:
+    """The facts of the end-of-run summary as JSON-serialisable data (what `ftune run --json` prints): the
+    report's numbers (ingestion, training, gate, push, TFLite; `missing` says why a part is absent), per-component
+    times, the pipeline's wall time, the data root and where the HTML report is (written here)."""
+    from pipeline.reporting.report import report_data, write_report
 
     report_path = write_report(config)
+    data = report_data(config, with_predictions=False)
+    data.update(
+        components_time=timings,
+        wall_s=round(result["wall_s"], 1),
+        data_root=result.get("data_root"),
+        split_mode=result.get("split_mode"),
+        report=report_path,
+    )
+    return data
 
+
+def run_summary(config, result: dict, timings: dict, data: Optional[dict] = None) -> str:
+    """The end-of-run summary: ingestion, accuracy per phase, gate decision with its numbers, push result,
+    per-component times, and where the HTML report is. `data`: run_summary_data's result when already built."""
+    from pipeline.reporting.report import summary_lines
+
+    data = data if data is not None else run_summary_data(config, result, timings)
     lines = ["", "=" * 72, "run summary", "=" * 72]
-    lines += summary_lines(data if data is not None else report_data(config, with_predictions=False))
+    lines += summary_lines(data)
     lines.append(
         "components: "
         + ", ".join(
@@ -53,5 +70,5 @@ def run_summary(config, result: dict, timings: dict, data: Optional[dict] = None
         )
     )
     lines.append(f"pipeline wall time: {result['wall_s']:.0f} s")
-    lines.append(f"report: {report_path}")
+    lines.append(f"report: {data['report']}")
     return "\n".join(lines)
