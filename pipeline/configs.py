@@ -37,10 +37,12 @@ PHASE2_LR_SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTINGS = ("auto", "on", "off")
 SPLIT_MODES = ("auto", "hash", "presplit")
 TFLITE_MODES = ("off", "float16", "int8")
-# Beam arguments used when `beam_args` is empty: the DirectRunner in multi-process mode, on every local core
-# (0 = all) or on 4 worker processes inside a Kubeflow pod, whose CPU request the spec sets.
-LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
-KUBEFLOW_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=4")
+# Beam arguments used when `beam_args` is empty: Beam's local FnApiRunner in multi-process mode, on every local
+# core (0 = all) or on 4 worker processes inside a Kubeflow pod, whose CPU request the spec sets. The runner is
+# named because Beam 2.74's default "DirectRunner" first tries its Prism runner, which downloads a binary from
+# github.com on every Beam step: a hang where egress is dropped, a different runner where it is allowed.
+LOCAL_BEAM_ARGS = ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0")
+KUBEFLOW_BEAM_ARGS = ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=4")
 # A model name becomes a folder under the serving directory and a TF Serving model name.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

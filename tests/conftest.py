@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_WEIGHTS = os.path.join(REPO, "..", "shared", "weights", "mobilenet_v2_1.0_224_no_top.h5")
 # In-process Beam keeps small test pipelines fast (no worker start-up); one test covers multi-processing.
-IN_MEMORY_BEAM = ["--direct_running_mode=in_memory"]
+IN_MEMORY_BEAM = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 
 
 def pretrained_weights_path() -> str:
