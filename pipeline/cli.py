@@ -130,7 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     enable_progress_logging()
-    result = run_local(config, stop_after="push")
+    result = run_local(config, stop_after="push", force=args.force)
+    if result.get("skipped"):
+        say(result["message"])  # the served version's record matches these files and settings: nothing to do
+        return 0
     say(run_summary(config, result, component_timings(config)))
     return 0
 
@@ -239,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         metavar="PATH|imagenet|none",
         help="pretrained base weights (trainer.weights); default: $FTUNE_WEIGHTS, else Keras' ImageNet download",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when the input files and settings are those the served version's record names "
+        "(without it, such a run ends with 'no new data; version N stays served'); also turns caching off",
     )
     p.set_defaults(func=cmd_run)
 
