@@ -157,3 +157,38 @@ def test_warm_start_is_cold_when_off_nothing_served_or_labels_changed(tmp_path):
     assert reason == "served version 3 has no Keras weights (assets.extra/model.keras)"
     assert warm_start.describe(3, None) == {"from_version": 3, "reason": "warm start from served version 3"}
     assert warm_start.describe(None, reason)["from_version"] is None
+
+
+def _tiny_base(size=32):
+    import keras
+
+    images = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(images)
+    return keras.Model(images, keras.layers.BatchNormalization()(x))
+
+
+def test_warm_start_copies_the_served_weights_when_labels_base_and_size_match(tmp_path):
+    import numpy as np
+
+    from pipeline.configs import TrainerConfig
+    from trainer.model import build_model
+
+    cfg = TrainerConfig(weights="none", image_size=32, warm_phase1_epochs=1, warm_phase2_epochs=0)
+    served, _ = build_model(cfg, 3, base_override=_tiny_base())
+    for layer in ("base", "logits"):  # weights no fresh model starts with
+        served.get_layer(layer).set_weights([w + 0.5 for w in served.get_layer(layer).get_weights()])
+    path = str(tmp_path / "model.keras")
+    served.save(path)
+
+    reason, loaded = warm_start.cold_reason(cfg, ["a", "b", "c"], 4, ["a", "b", "c"], path)
+    assert reason is None
+    fresh, _ = build_model(cfg, 3, base_override=_tiny_base())
+    warm_start.copy_weights(loaded, fresh)
+    for a, b in zip(fresh.get_weights(), served.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    warm = warm_start.warm_config(cfg)
+    assert (warm.phase1_epochs, warm.phase2_epochs) == (1, 0)
+
+    bigger = TrainerConfig(weights="none", image_size=64)
+    reason, _ = warm_start.cold_reason(bigger, ["a", "b", "c"], 4, ["a", "b", "c"], path)
+    assert reason == "served version 4 uses image size 32, this run 64"
