@@ -611,12 +611,18 @@ class _ImageFolderInputProcessor(input_processor.FileBasedInputProcessor):
 
 
 class ImageFolderDriver(FileBasedDriver):
+    """The stock file-based driver, fingerprinting the spans the `spans` execution property selects."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._spans_setting = "all"  # replaced by the execution property before the input processor is made
+
     def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
         self._spans_setting = exec_properties.get(SPANS_KEY) or "all"
         return super().resolve_exec_properties(exec_properties, pipeline_info, component_info)
 
     def get_input_processor(self, splits, range_config=None, input_base_uri=None):
-        return _ImageFolderInputProcessor(input_base_uri, splits, range_config, getattr(self, "_spans_setting", "all"))
+        return _ImageFolderInputProcessor(input_base_uri, splits, range_config, self._spans_setting)
 
 
 # --- the component ---------------------------------------------------------------------------------------------

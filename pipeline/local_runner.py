@@ -207,6 +207,10 @@ def run_local(
 
     config.validate().absolute_paths()
     os.makedirs(config.pipeline_root, exist_ok=True)
+    if stop_after != "ingest":
+        from trainer.weights import resolve_weights
+
+        resolve_weights(config.trainer.weights)  # a missing weights file stops the run before any data is touched
     data_root = prepare_data_root(config, progress)
     spans = select_spans(data_root, config.data.spans)
     split_mode = resolve_split_mode(
