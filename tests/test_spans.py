@@ -192,3 +192,25 @@ def test_warm_start_copies_the_served_weights_when_labels_base_and_size_match(tm
     bigger = TrainerConfig(weights="none", image_size=64)
     reason, _ = warm_start.cold_reason(bigger, ["a", "b", "c"], 4, ["a", "b", "c"], path)
     assert reason == "served version 4 uses image size 32, this run 64"
+
+
+def test_trainer_learns_the_served_version_from_its_base_model_input(tmp_path):
+    from tfx.types import standard_artifacts
+    from tfx.utils import json_utils, path_utils
+
+    from components import fine_tune_trainer as ft
+    from components.served_model_baseline import SERVED_VERSION_PROPERTY
+
+    baseline = standard_artifacts.Model()
+    baseline.uri = str(tmp_path / "baseline")
+    baseline.set_int_custom_property(SERVED_VERSION_PROPERTY, 3)
+    props = {"custom_config": json_utils.dumps({"trainer": {"warm_start": "auto"}})}
+    added = ft.add_served_version(props, {"base_model": [baseline]})
+    assert json_utils.loads(added["custom_config"])[ft.SERVED_VERSION_KEY] == 3
+    # TFX hands run_fn the folder ServedModelBaseline copies the served version into.
+    # (fn_args_utils computes fn_args.base_model exactly so.)
+    path = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
+    assert path == os.path.join(baseline.uri, "Format-Serving")
+
+    baseline.set_int_custom_property(SERVED_VERSION_PROPERTY, -1)  # nothing served: no version, cold start
+    assert ft.add_served_version(props, {"base_model": [baseline]}) == props
