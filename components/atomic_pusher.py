@@ -142,8 +142,8 @@ def build_record(
         "labels": history.get("class_names") or gate.get("labels"),
         "data": {
             "roots": [ingest["input_base"]] if ingest and ingest.get("input_base") else [],
-            "spans": None,
-            "fingerprint": (ingest or {}).get("fingerprint"),
+            "spans": (ingest or {}).get("spans"),
+            "fingerprint": (ingest or {}).get("input_fingerprint"),
             "images_per_class": (ingest or {}).get("accepted_per_split"),
         },
         "settings": settings,
@@ -165,7 +165,7 @@ def build_record(
             "thresholds": gate.get("thresholds"),
             "checked": gate.get("checked"),
         },
-        "warm_start": {"from_version": None, "reason": None},
+        "warm_start": history.get("warm_start") or {"from_version": None, "reason": None},
     }
 
 

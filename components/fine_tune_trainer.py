@@ -4,7 +4,13 @@ Steps: read the transformed examples -> build base + new head (trainer/model.py)
 phase 2 with its top unfrozen and the model recompiled at a lower learning rate (trainer/fine_tune.py) -> export a
 SavedModel whose signatures apply the same TFT transform (serving/export.py). Written with the model artifact:
 `training_history.json` (per epoch, both phases, phase boundary), `labels.txt`, TensorBoard logs (ModelRun
-artifact) and a Keras copy of the model (`model.keras`, ModelRun artifact) for inspection or further training.
+artifact) and a Keras copy of the model (`model.keras`, ModelRun artifact and `assets.extra/` of the export) for
+inspection or further training.
+
+Warm start (trainer.warm_start=auto): the pipeline hands the Trainer the served-model baseline as TFX's
+`base_model` input; when that model has the same labels, base and image size, training starts from its weights
+with the warm epoch settings (trainer/warm_start.py). The decision is written to the export as
+`assets.extra/warm_start.json` ({"from_version": N or null, "reason": "..."}) and into training_history.json.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from serving.export import export_saved_model
 from serving.signatures import ASSETS_EXTRA, LABELS_FILE
 from serving.tflite import export_tflite
 from trainer import features
+from trainer import warm_start as warm
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
 
@@ -40,6 +47,8 @@ HISTORY_FILE = "training_history.json"
 TFLITE_KEY = "tflite"
 KERAS_MODEL_FILE = "model.keras"
 SHUFFLE_BUFFER = 4096
+# custom_config key the executor adds: the served version the `base_model` input holds (absent: none).
+SERVED_VERSION_KEY = "served_version"
 
 
 def trainer_config(custom_config: Dict[str, Any]) -> TrainerConfig:
@@ -114,6 +123,7 @@ def cache_spill_root(fn_args: FnArgs) -> Optional[str]:
 
 def run_fn(fn_args: FnArgs) -> None:
     cfg = trainer_config(fn_args.custom_config)
+    configured = dataclasses.asdict(cfg)
     tf.keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     class_names = features.read_class_names(tf_transform_output)
@@ -128,17 +138,33 @@ def run_fn(fn_args: FnArgs) -> None:
 
     import keras
 
+    served_version = (fn_args.custom_config or {}).get(SERVED_VERSION_KEY)
+    served_dir = fn_args.base_model if served_version is not None else None
     started = time.time()
     with distribution_strategy(cfg).scope():
         model, base = build_model(cfg, num_classes=len(class_names))
+        reason, served = warm.cold_reason(
+            cfg,
+            class_names,
+            served_version,
+            warm.read_labels(served_dir, ASSETS_EXTRA, LABELS_FILE) if served_dir else None,
+            os.path.join(served_dir, ASSETS_EXTRA, KERAS_MODEL_FILE) if served_dir else None,
+        )
+        if served is not None:
+            warm.copy_weights(served, model)
+            cfg = warm.warm_config(cfg)
+        warm_start = warm.describe(served_version, reason)
+        logging.info("Trainer: %s", warm_start["reason"])
         tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))
         history = train_two_phase(
             model, base, train_ds, eval_ds, cfg, callbacks=[tensorboard], work_dir=cache_spill_root(fn_args)
         )
     history["train_wall_s"] = time.time() - started
     history["class_names"] = class_names
-    # The settings in effect (run parameters included), for the pushed version's record.
-    history["trainer_config"] = dataclasses.asdict(cfg)
+    # The settings in effect (run parameters included), for the pushed version's record: as configured, before a
+    # warm start swapped in its own epoch counts, so that the next run's no-op check compares like with like.
+    history["trainer_config"] = configured
+    history["warm_start"] = warm_start
 
     export_dir = fn_args.serving_model_dir
     export_saved_model(
@@ -157,6 +183,8 @@ def run_fn(fn_args: FnArgs) -> None:
     write_model_files(
         os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history, class_names, model
     )
+    with tf.io.gfile.GFile(os.path.join(export_dir, ASSETS_EXTRA, warm.WARM_START_FILE), "w") as f:
+        json.dump(warm_start, f, indent=2)
     logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir, history.get("final_accuracy"))
 
 
@@ -172,6 +200,8 @@ def write_model_files(
         json.dump(history, f, indent=2)
     tf.io.gfile.makedirs(model_run_dir)
     model.save(os.path.join(model_run_dir, KERAS_MODEL_FILE))
+    # Travels with the served version: the next run's warm start loads it (TF Serving ignores assets.extra).
+    model.save(os.path.join(export_dir, ASSETS_EXTRA, KERAS_MODEL_FILE))
 
 
 # --- the component: TFX's Trainer plus per-run overrides --------------------------------------------------------
@@ -199,16 +229,44 @@ def apply_overrides(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
     return {**exec_properties, "custom_config": json_utils.dumps({**custom, "trainer": trainer})}
 
 
+def add_served_version(exec_properties: Dict[str, Any], input_dict: Dict[str, List[types.Artifact]]) -> Dict[str, Any]:
+    """exec_properties whose custom_config names the served version in the `base_model` input (the
+    ServedModelBaseline's artifact), when there is one."""
+    base_models = input_dict.get(standard_component_specs.BASE_MODEL_KEY) or []
+    if not base_models:
+        return exec_properties
+    from components.served_model_baseline import SERVED_VERSION_PROPERTY, is_served
+
+    base_model = base_models[0]
+    if not is_served(base_model):
+        return exec_properties
+    custom = json_utils.loads(exec_properties.get("custom_config") or "null") or {}
+    custom[SERVED_VERSION_KEY] = base_model.get_int_custom_property(SERVED_VERSION_PROPERTY)
+    return {**exec_properties, "custom_config": json_utils.dumps(custom)}
+
+
 class FineTuneExecutor(trainer_executor.GenericExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
-        super().Do(input_dict, output_dict, apply_overrides(exec_properties))
+        super().Do(input_dict, output_dict, add_served_version(apply_overrides(exec_properties), input_dict))
 
 
 class FineTuneTrainer(tfx.components.Trainer):
     SPEC_CLASS = FineTuneTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(FineTuneExecutor)
 
-    def __init__(self, *, examples, transform_graph, schema, run_fn, custom_config, train_args, eval_args, **overrides):
+    def __init__(
+        self,
+        *,
+        examples,
+        transform_graph,
+        schema,
+        run_fn,
+        custom_config,
+        train_args,
+        eval_args,
+        base_model=None,
+        **overrides,
+    ):
         unknown = set(overrides) - set(RUNTIME_OVERRIDES)
         if unknown:
             raise TypeError(f"unknown trainer overrides {sorted(unknown)}")
@@ -216,6 +274,7 @@ class FineTuneTrainer(tfx.components.Trainer):
             examples=examples,
             transform_graph=transform_graph,
             schema=schema,
+            base_model=base_model,
             train_args=train_args,
             eval_args=eval_args,
             run_fn=run_fn,

@@ -4,6 +4,11 @@ Input layouts (relative to `input_base`):
   * hash split:  `<class>/**/<image>`; each file's split is decided by a hash of its relative path (stable across
     runs and machines: TFX's own `partition_feature_name` mechanism hashing the `file_name` feature).
   * pre-split:   `train/<class>/**/<image>` and `validation/<class>/**/<image>` (folder names configurable).
+  * spans:       `span-1/...`, `span-2/...`, each laid out as one of the above (TFX's `{SPAN}` convention). The
+    `spans` setting (data.spans: all, latest, or the newest N) selects which are read; their files are read
+    together (file names keep the span folder, `span-2/cats/1.jpg`), the label vocabulary is the union of their
+    class folders, and the report and the Examples artifact name the spans used and the selected files'
+    fingerprint (serving/model_record.files_fingerprint), which a later run compares to skip retraining.
 
 Each accepted image becomes one tf.Example:
   image      bytes  the encoded file as it is on disk (JPEG/PNG/GIF), so that Transform decodes exactly what TF
@@ -32,7 +37,8 @@ import io
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -48,6 +54,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
+from pipeline.configs import span_window
 from serving.model_record import files_fingerprint
 
 REPORT_FILE = "ingest_report.json"
@@ -56,6 +63,11 @@ PROGRESS_EVERY = 500
 
 MAX_QUARANTINE_FRACTION_KEY = "max_quarantine_fraction"
 MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
+SPANS_KEY = "spans"
+# Examples artifact properties (JSON list of span folders read; fingerprint of the selected input files).
+SPANS_PROPERTY = "spans"
+INPUT_FINGERPRINT_PROPERTY = "input_fingerprint"
+SPAN_FOLDER = re.compile(r"^span-(\d+)$")
 # Private exec property: where the Beam job writes quarantine records before the report is assembled.
 _QUARANTINE_DIR_KEY = "_quarantine_dir"
 
@@ -95,12 +107,81 @@ def make_output_config(split_mode: str, eval_fraction: float) -> example_gen_pb2
     )
 
 
-def resolve_split_mode(data_root: str, split_mode: str, train_dir: str, eval_dir: str) -> str:
-    """`auto` means pre-split when both split folders exist under data_root, else hash."""
+def resolve_split_mode(
+    data_root: str, split_mode: str, train_dir: str, eval_dir: str, spans: Sequence[str] = ()
+) -> str:
+    """`auto` means pre-split when both split folders exist under data_root (under every selected span), else
+    hash. Selected spans that mix the two layouts are an error."""
     if split_mode != "auto":
         return split_mode
-    both = all(tf.io.gfile.isdir(os.path.join(data_root, d)) for d in (train_dir, eval_dir))
-    return "presplit" if both else "hash"
+    roots = [os.path.join(data_root, span) for span in spans] or [data_root]
+    presplit = [all(tf.io.gfile.isdir(os.path.join(root, d)) for d in (train_dir, eval_dir)) for root in roots]
+    if any(presplit) and not all(presplit):
+        mixed = [span for span, pre in zip(spans, presplit, strict=True) if not pre]
+        raise DataUnusableError(
+            f"span(s) {', '.join(mixed)} under {data_root} are not split into {train_dir}/ and {eval_dir}/ like the "
+            "other selected spans; use one layout for all spans, or set data.split_mode"
+        )
+    return "presplit" if presplit[0] else "hash"
+
+
+# --- spans -----------------------------------------------------------------------------------------------------
+
+
+def list_spans(input_base: str) -> List[str]:
+    """The `span-<N>` folders directly under input_base, oldest (lowest N) first; [] for a plain layout."""
+    if not tf.io.gfile.isdir(input_base):
+        return []
+    found = []
+    for name in tf.io.gfile.listdir(input_base):
+        name = name.rstrip("/")
+        match = SPAN_FOLDER.match(name)
+        if match and tf.io.gfile.isdir(os.path.join(input_base, name)):
+            found.append((int(match.group(1)), name))
+    return [name for _, name in sorted(found)]
+
+
+def select_spans(input_base: str, spans_setting: str) -> List[str]:
+    """The span folders data.spans selects (all, latest, or the newest N), oldest first; [] without spans."""
+    spans = list_spans(input_base)
+    newest = span_window(spans_setting)
+    return spans if newest is None else spans[-newest:]
+
+
+def split_roots(input_base: str, spans: Sequence[str], pattern: str) -> List[Tuple[str, str]]:
+    """(folder, its path relative to input_base) holding one split's class folders, for each selected span."""
+    prefix = split_root_of(pattern)
+    relative = [os.path.join(span, prefix).rstrip("/") for span in spans] or [prefix]
+    return [(os.path.join(input_base, rel) if rel else input_base, rel) for rel in relative]
+
+
+def _stat_ns(path: str) -> Tuple[int, int]:
+    """(size in bytes, modification time in ns), of the link itself when it dangles."""
+    if _is_uri(path):
+        stat = tf.io.gfile.stat(path)
+        return stat.length, stat.mtime_nsec
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = os.lstat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def input_files(input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str]) -> List[Tuple[str, str]]:
+    """(class_name, path relative to input_base) of every file the selected spans and splits hold."""
+    files = []
+    for split in input_config.splits:
+        for root, rel in split_roots(input_base, spans, split.pattern):
+            classes = list_classes(root) if tf.io.gfile.isdir(root) else []
+            files.extend((c, os.path.join(rel, path) if rel else path) for c, path in list_files(root, classes))
+    return files
+
+
+def input_fingerprint(input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str]) -> str:
+    """serving/model_record.files_fingerprint of the selected input files (paths relative to input_base)."""
+    return files_fingerprint(
+        (path, *_stat_ns(os.path.join(input_base, path))) for _, path in input_files(input_base, input_config, spans)
+    )
 
 
 def split_root_of(pattern: str) -> str:
@@ -169,50 +250,21 @@ def _size_and_mtime(path: str) -> Tuple[int, int]:
     return stat.st_size, int(stat.st_mtime)
 
 
-def input_files(input_base: str, input_config: example_gen_pb2.Input) -> List[Tuple[str, int, int]]:
-    """(path relative to input_base, size in bytes, modification time in ns) of every file ImageExampleGen reads
-    for this layout: the entries below each split root's class folders."""
-    entries = []
-    for split in input_config.splits:
-        prefix = split_root_of(split.pattern)
-        root = os.path.join(input_base, prefix)
-        classes = list_classes(root) if tf.io.gfile.isdir(root) else []
-        for _, rel_path in list_files(root, classes):
-            full = os.path.join(root, rel_path)
-            if _is_uri(full):
-                stat = tf.io.gfile.stat(full)
-                size, mtime_ns = stat.length, stat.mtime_nsec
-            else:
-                try:
-                    st = os.stat(full)
-                except OSError:
-                    st = os.lstat(full)
-                size, mtime_ns = st.st_size, st.st_mtime_ns
-            entries.append((os.path.join(prefix, rel_path), size, mtime_ns))
-    return entries
+def check_layout(input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str] = ()) -> List[str]:
+    """Returns the label vocabulary (sorted class names), or raises DataUnusableError naming the problem.
 
-
-def input_fingerprint(input_base: str, split_mode: str, train_dir: str = "train", eval_dir: str = "validation") -> str:
-    """model_record.files_fingerprint over the files ImageExampleGen reads from input_base in this split mode
-    ("hash" or "presplit"): what the ingest report and each pushed version's record carry as data.fingerprint."""
-    return files_fingerprint(input_files(input_base, make_input_config(split_mode, train_dir, eval_dir)))
-
-
-def check_layout(input_base: str, input_config: example_gen_pb2.Input) -> List[str]:
-    """Returns the label vocabulary (sorted class names), or raises DataUnusableError naming the problem."""
+    With spans, each span's folders are checked on their own (an error names the span's folder) and the
+    vocabulary is the union of their class folders."""
     class_names: Optional[List[str]] = None
     for split in input_config.splits:
-        root = os.path.join(input_base, split_root_of(split.pattern))
-        classes = list_classes(root)
+        roots = split_roots(input_base, spans, split.pattern)
+        classes = sorted({c for root, _ in roots for c in _checked_classes(root, multiple=len(roots) > 1)})
+        root = input_base if len(roots) > 1 else roots[0][0]
         if len(classes) < 2:
             raise DataUnusableError(
                 f"{root} has {len(classes)} class folder(s) {classes}; image classification needs at least 2 "
                 f"(expected layout: {root}/<class_name>/<image files>)"
             )
-        counts = {c: len(list_files(root, [c])) for c in classes}
-        empty = sorted(c for c, n in counts.items() if n == 0)
-        if empty:
-            raise DataUnusableError(f"class folder(s) with no files under {root}: {', '.join(empty)}")
         if class_names is None:
             class_names = classes
         elif classes != class_names:
@@ -222,6 +274,18 @@ def check_layout(input_base: str, input_config: example_gen_pb2.Input) -> List[s
             )
     assert class_names is not None
     return class_names
+
+
+def _checked_classes(root: str, multiple: bool) -> List[str]:
+    """The class folders of one split root (one span's, with spans), none of them empty."""
+    classes = list_classes(root)
+    if multiple and not classes:
+        raise DataUnusableError(f"span folder {root} holds no class folders (expected {root}/<class_name>/<images>)")
+    counts = {c: len(list_files(root, [c])) for c in classes}
+    empty = sorted(c for c, n in counts.items() if n == 0)
+    if empty:
+        raise DataUnusableError(f"class folder(s) with no files under {root}: {', '.join(empty)}")
+    return classes
 
 
 # --- validating one file ---------------------------------------------------------------------------------------
@@ -316,11 +380,8 @@ class _ReadAndInspect(beam.DoFn):
 
     QUARANTINE = "quarantine"
 
-    def __init__(
-        self, split_root: str, split_prefix: str, split_name: str, class_names: List[str], max_image_pixels: int
-    ):
-        self._split_root = split_root
-        self._split_prefix = split_prefix
+    def __init__(self, input_base: str, split_name: str, class_names: List[str], max_image_pixels: int):
+        self._input_base = input_base
         self._split_name = split_name
         self._labels = {name: i for i, name in enumerate(class_names)}
         self._max_image_pixels = max_image_pixels
@@ -329,10 +390,10 @@ class _ReadAndInspect(beam.DoFn):
         self._quarantined = beam.metrics.Metrics.counter("ImageExampleGen", "quarantined")
 
     def process(self, item: Tuple[str, str]):
+        # rel_path is relative to input_base, so names are unique across pre-split folders and spans too
+        # (train/cats/1.jpg, span-2/cats/1.jpg).
         class_name, rel_path = item
-        full = os.path.join(self._split_root, rel_path)
-        # Relative to input_base, so names are unique across pre-split folders too (train/cats/1.jpg).
-        rel_path = os.path.join(self._split_prefix, rel_path)
+        full = os.path.join(self._input_base, rel_path)
         try:
             data = read_file(full)
         except (OSError, tf.errors.OpError) as exc:
@@ -358,20 +419,25 @@ class _ReadAndInspect(beam.DoFn):
 def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str):
     """Reads the images of one input split. Quarantine records are written beside, to the private quarantine dir."""
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-    split_prefix = split_root_of(split_pattern)
-    split_root = os.path.join(input_base, split_prefix)
+    split_name = split_root_of(split_pattern) or "all"
     class_names = json.loads(exec_properties["_class_names"])
-    split_name = split_prefix or "all"
-    files = list_files(split_root, class_names)
-    logging.info("ImageExampleGen: %d files in %d classes under %s", len(files), len(class_names), split_root)
+    spans = json.loads(exec_properties["_selected_spans"])
+    files = input_files(
+        input_base, example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(pattern=split_pattern)]), spans
+    )
+    logging.info(
+        "ImageExampleGen: %d files in %d classes under %s%s",
+        len(files),
+        len(class_names),
+        input_base,
+        f" (spans {', '.join(spans)}, split {split_name})" if spans else f" (split {split_name})",
+    )
     results = (
         pipeline
         | "ListFiles" >> beam.Create(files, reshuffle=True)
         | "ReadAndInspect"
         >> beam.ParDo(
-            _ReadAndInspect(
-                split_root, split_prefix, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY])
-            )
+            _ReadAndInspect(input_base, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY]))
         ).with_outputs(_ReadAndInspect.QUARANTINE, main="examples")
     )
     _ = results[_ReadAndInspect.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
@@ -396,20 +462,24 @@ class Executor(BaseExampleGenExecutor):
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-        class_names = check_layout(input_base, input_config)
+        spans = select_spans(input_base, exec_properties.get(SPANS_KEY) or "all")
+        if spans:
+            logging.info("ImageExampleGen: reading spans %s of %s", spans, list_spans(input_base))
+        class_names = check_layout(input_base, input_config, spans)
         logging.info("ImageExampleGen: classes (label ids in this order): %s", class_names)
-        fingerprint = files_fingerprint(input_files(input_base, input_config))
 
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         quarantine_dir = os.path.join(examples.uri, "_quarantine")
         exec_properties = dict(exec_properties)
         exec_properties["_class_names"] = json.dumps(class_names)
+        exec_properties["_selected_spans"] = json.dumps(spans)
         exec_properties[_QUARANTINE_DIR_KEY] = quarantine_dir
 
         super().Do(input_dict, output_dict, exec_properties)
 
         report = build_report(examples.uri, input_base, input_config, class_names, quarantine_dir)
-        report["fingerprint"] = fingerprint
+        report["spans"] = spans
+        report["input_fingerprint"] = input_fingerprint(input_base, input_config, spans)
         report_path = write_report(examples, report)
         try:
             check_usable(report, float(exec_properties[MAX_QUARANTINE_FRACTION_KEY]), report_path)
@@ -469,6 +539,9 @@ def write_report(examples: types.Artifact, report: Dict[str, Any]) -> str:
     examples.set_string_custom_property("class_names", json.dumps(report["class_names"]))
     examples.set_int_custom_property("accepted_count", report["accepted"])
     examples.set_int_custom_property("quarantined_count", report["quarantined_count"])
+    examples.set_string_custom_property(SPANS_PROPERTY, json.dumps(report.get("spans", [])))
+    if report.get("input_fingerprint"):
+        examples.set_string_custom_property(INPUT_FINGERPRINT_PROPERTY, report["input_fingerprint"])
     logging.info(
         "ImageExampleGen: scanned %d files: %d accepted %s, %d quarantined (report: %s)",
         report["scanned"],
@@ -509,30 +582,47 @@ def check_usable(report: Dict[str, Any], max_quarantine_fraction: float, report_
 # --- the driver: input fingerprint for caching ------------------------------------------------------------------
 
 
-def fingerprint_split(input_base: str, split: example_gen_pb2.Input.Split) -> str:
-    """Like TFX's file fingerprint (count, bytes, mtimes, paths), but recursive below the class folders and
-    tolerant of entries that cannot be stat'ed (a dangling symlink must reach the quarantine, not crash here)."""
-    root = os.path.join(input_base, split_root_of(split.pattern))
-    classes = list_classes(root) if tf.io.gfile.isdir(root) else []
+def fingerprint_split(input_base: str, split: example_gen_pb2.Input.Split, spans: Sequence[str] = ()) -> str:
+    """Like TFX's file fingerprint (count, bytes, mtimes, paths), but recursive below the class folders, over the
+    selected spans, and tolerant of entries that cannot be stat'ed (a dangling symlink must reach the quarantine,
+    not crash here)."""
     digest = hashlib.sha256()
     total_bytes = 0
-    files = list_files(root, classes)
+    files = input_files(input_base, example_gen_pb2.Input(splits=[split]), spans)
     for _, rel_path in files:
-        size, mtime = _size_and_mtime(os.path.join(root, rel_path))
+        size, mtime = _size_and_mtime(os.path.join(input_base, rel_path))
         total_bytes += size
         digest.update(f"{rel_path}|{size}|{mtime}\n".encode())
     return f"split:{split.name},num_files:{len(files)},total_bytes:{total_bytes},sha256:{digest.hexdigest()}"
 
 
 class _ImageFolderInputProcessor(input_processor.FileBasedInputProcessor):
+    def __init__(self, input_base_uri, splits, range_config, spans_setting: str):
+        super().__init__(input_base_uri, splits, range_config)
+        self._spans_setting = spans_setting
+
     def resolve_span_and_version(self):
-        self._fingerprint = "\n".join(fingerprint_split(self._input_base_uri, split) for split in self._splits)
-        return 0, None  # no span/version patterns in image folders
+        spans = select_spans(self._input_base_uri, self._spans_setting)
+        self._fingerprint = "\n".join(
+            [f"spans:{','.join(spans)}"] + [fingerprint_split(self._input_base_uri, s, spans) for s in self._splits]
+        )
+        # The Examples' `span` property: the newest span read (0 without spans). No patterns to rewrite.
+        return (int(SPAN_FOLDER.match(spans[-1]).group(1)) if spans else 0), None
 
 
 class ImageFolderDriver(FileBasedDriver):
+    """The stock file-based driver, fingerprinting the spans the `spans` execution property selects."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._spans_setting = "all"  # replaced by the execution property before the input processor is made
+
+    def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
+        self._spans_setting = exec_properties.get(SPANS_KEY) or "all"
+        return super().resolve_exec_properties(exec_properties, pipeline_info, component_info)
+
     def get_input_processor(self, splits, range_config=None, input_base_uri=None):
-        return _ImageFolderInputProcessor(input_base_uri, splits, range_config)
+        return _ImageFolderInputProcessor(input_base_uri, splits, range_config, self._spans_setting)
 
 
 # --- the component ---------------------------------------------------------------------------------------------
@@ -543,6 +633,7 @@ class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
         MAX_QUARANTINE_FRACTION_KEY: ExecutionParameter(type=float),
         MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
+        SPANS_KEY: ExecutionParameter(type=str, optional=True),
     }
 
 
@@ -563,6 +654,7 @@ class ImageExampleGen(FileBasedExampleGen):
         eval_fraction: float = 0.2,
         max_quarantine_fraction: float = 0.1,
         max_image_pixels: int = 50_000_000,
+        spans: str = "all",
     ):
         input_config = make_input_config(split_mode, train_dir, eval_dir)
         output_config = make_output_config(split_mode, eval_fraction)
@@ -574,6 +666,7 @@ class ImageExampleGen(FileBasedExampleGen):
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             max_quarantine_fraction=max_quarantine_fraction,
             max_image_pixels=max_image_pixels,
+            spans=spans,
             examples=types.Channel(type=types.standard_artifacts.Examples),
         )
         # Skip FileBasedExampleGen.__init__ (it builds the stock spec); the base class does the rest.

@@ -165,10 +165,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _quiet(args), to_stderr:
         from pipeline.reporting.summary import run_summary, run_summary_data
 
-        result = run_local(config, stop_after="push")
-        timings = component_timings(config)
-        data = run_summary_data(config, result, timings)
-        say(run_summary(config, result, timings, data))
+        result = run_local(config, stop_after="push", force=args.force)
+        if result.get("skipped"):
+            # The served version's record names these very files and settings: nothing to do.
+            say(result["message"])
+            data = {
+                "outcome": outcome.outcome(outcome.NO_NEW_DATA, result["served_version"]),
+                "message": result["message"],
+                "spans": result.get("spans"),
+            }
+        else:
+            timings = component_timings(config)
+            data = run_summary_data(config, result, timings)
+            say(run_summary(config, result, timings, data))
     if args.json:
         print(json.dumps(data, indent=2), flush=True)
     return data["outcome"]["exit_code"]
@@ -402,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         help="print the run summary's data as JSON on stdout (progress and the text summary go to stderr)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when the input files and settings are those the served version's record names "
+        "(without it, such a run ends with 'no new data; version N stays served'); also turns caching off",
     )
     p.set_defaults(func=cmd_run)
 

@@ -36,6 +36,9 @@ PHASE2_MODES = ("cached_prefix", "end_to_end")
 PHASE2_LR_SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTINGS = ("auto", "on", "off")
 SPLIT_MODES = ("auto", "hash", "presplit")
+# data.spans: every span folder, the newest one, or a rolling window of the newest N (written as the number N).
+SPAN_SELECTIONS = ("all", "latest")
+WARM_START_MODES = ("auto", "off")
 TFLITE_MODES = ("off", "float16", "int8")
 # Beam arguments used when `beam_args` is empty: Beam's local FnApiRunner in multi-process mode, on every local
 # core (0 = all) or on 4 worker processes inside a Kubeflow pod, whose CPU request the spec sets. The runner is
@@ -68,6 +71,10 @@ class DataConfig:
     max_quarantine_fraction: float = 0.1
     # Files whose header claims more pixels than this are quarantined before decoding (decompression bombs).
     max_image_pixels: int = 50_000_000
+    # Which spans to read when data_root holds span folders (`span-1/`, `span-2/`, ...; each laid out like a plain
+    # data_root): "all", "latest", or a rolling window of the newest N spans written as N (e.g. "3"). Without
+    # span folders this setting has no effect.
+    spans: str = "all"
     # Sample data generated when data_root is empty.
     sample_classes: int = 3
     sample_per_class: int = 60
@@ -124,6 +131,12 @@ class TrainerConfig:
     mixed_precision: bool = False
     # Eval images written as TF Serving warmup requests into the exported model.
     warmup_requests: int = 4
+    # "auto": when the served model has the same labels, base model and image size, start from its weights (head
+    # and fine-tuned layers) and train warm_phase1_epochs + warm_phase2_epochs; otherwise (or with "off") start
+    # from the pretrained base with phase1_epochs + phase2_epochs.
+    warm_start: str = "auto"
+    warm_phase1_epochs: int = 2
+    warm_phase2_epochs: int = 3
 
 
 @dataclasses.dataclass
@@ -246,6 +259,12 @@ class PipelineConfig:
             "between 0 and 1",
         )
         _check(d.max_image_pixels, d.max_image_pixels > 0, "data.max_image_pixels", "positive")
+        _check(
+            d.spans,
+            span_window(d.spans) != 0,
+            "data.spans",
+            "all, latest, or a whole number N >= 1 (the newest N spans)",
+        )
         _check(d.sample_classes, d.sample_classes >= 2, "data.sample_classes", "at least 2")
         _check(d.sample_per_class, d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
         _check(t.base_model, t.base_model in BASE_MODEL_LAYERS, "trainer.base_model", _one_of(BASE_MODEL_LAYERS))
@@ -279,6 +298,9 @@ class PipelineConfig:
         )
         _check(t.imbalance_ratio, t.imbalance_ratio >= 1, "trainer.imbalance_ratio", "at least 1")
         _check(t.warmup_requests, t.warmup_requests >= 0, "trainer.warmup_requests", "non-negative")
+        _check(t.warm_start, t.warm_start in WARM_START_MODES, "trainer.warm_start", _one_of(WARM_START_MODES))
+        _check(t.warm_phase1_epochs, t.warm_phase1_epochs >= 0, "trainer.warm_phase1_epochs", "non-negative")
+        _check(t.warm_phase2_epochs, t.warm_phase2_epochs >= 0, "trainer.warm_phase2_epochs", "non-negative")
         _check(e.accuracy_floor, 0 <= e.accuracy_floor <= 1, "eval.accuracy_floor", "in [0, 1]")
         _check(e.max_accuracy_drop, 0 <= e.max_accuracy_drop <= 1, "eval.max_accuracy_drop", "in [0, 1]")
         _check(e.class_recall_floor, 0 <= e.class_recall_floor <= 1, "eval.class_recall_floor", "in [0, 1]")
@@ -302,6 +324,19 @@ class PipelineConfig:
         _check(k.gpu_count, k.gpu_count >= 0, "kubeflow.gpu_count", "non-negative")
         _check(k.trainer_cpu, k.trainer_cpu > 0, "kubeflow.trainer_cpu", "positive")
         return self
+
+
+def span_window(spans: str) -> Optional[int]:
+    """data.spans as a number of newest spans to read: None for "all", 1 for "latest", N for "N", and 0 when the
+    value is none of these (validate() rejects it)."""
+    text = str(spans).strip().lower()
+    if text == "all":
+        return None
+    if text == "latest":
+        return 1
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    return 0
 
 
 def _one_of(allowed: Iterable[str]) -> str:

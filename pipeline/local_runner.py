@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
 
@@ -287,30 +287,113 @@ def preflight_weights(config: PipelineConfig, progress: Callable[[str], None] = 
     progress(f"base {config.trainer.base_model} with weights: {weights}")
 
 
-def run_local(config: PipelineConfig, stop_after: str = "push", progress: Callable[[str], None] = say) -> Dict:
-    """Runs the pipeline locally; returns {'data_root', 'split_mode', 'wall_s'}."""
+def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(value, dict):
+        flat: Dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def _with_resolved_weights(config: PipelineConfig) -> PipelineConfig:
+    """A copy of config with trainer.weights as preflight_weights will set it (without building the base)."""
+    import copy
+
+    from trainer.weights import resolve_weights
+
+    resolved = copy.deepcopy(config)
+    weights = resolve_weights(config.trainer.weights)
+    if weights is not None:
+        resolved.trainer.weights = weights
+    return resolved
+
+
+def unchanged_since_served(
+    config: PipelineConfig, data_root: str, split_mode: str, spans: Sequence[str]
+) -> Dict[str, Any]:
+    """Compares this run's selected input files and settings with the served version's own record
+    (serving/model_record.py), not with MLMD: a fresh pipeline root or another machine sees the same answer.
+
+    Returns {"unchanged": bool, "version": served version or None, "reason": why training is (not) needed}."""
+    from components.image_example_gen import input_fingerprint, make_input_config
+    from serving.model_record import read_record
+    from serving.model_versions import latest_served
+
+    version, path = latest_served(config.serving_model_dir)
+    if path is None:
+        return {"unchanged": False, "version": None, "reason": "nothing is served yet"}
+    record = read_record(path) or {}
+    recorded_fingerprint = (record.get("data") or {}).get("fingerprint")
+    if not recorded_fingerprint or record.get("settings") is None:
+        return {"unchanged": False, "version": version, "reason": f"served version {version} has no data record"}
+    input_config = make_input_config(split_mode, config.data.train_dir, config.data.eval_dir)
+    if input_fingerprint(data_root, input_config, spans) != recorded_fingerprint:
+        return {"unchanged": False, "version": version, "reason": f"input files differ from version {version}'s"}
+    now = _flatten(json.loads(json.dumps(config.to_dict())))
+    then = _flatten(record["settings"])
+    changed = sorted(key for key in set(now) | set(then) if now.get(key) != then.get(key))
+    if changed:
+        detail = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
+        return {"unchanged": False, "version": version, "reason": f"settings differ from version {version}'s: {detail}"}
+    return {"unchanged": True, "version": version, "reason": f"no new data; version {version} stays served"}
+
+
+def run_local(
+    config: PipelineConfig,
+    stop_after: str = "push",
+    progress: Callable[[str], None] = say,
+    force: Optional[bool] = None,
+) -> Dict:
+    """Runs the pipeline locally; returns {'data_root', 'split_mode', 'spans', 'wall_s'}.
+
+    For a full run (stop_after="push"), unless `force` is true, the run first compares the selected input files
+    and the settings with the served version's record; when both are the same nothing runs and the result is
+    {'skipped': True, 'served_version': N, 'message': ...}. `force` also turns MLMD's cache off, so every
+    component executes again."""
     from tfx import v1 as tfx
 
-    from components.image_example_gen import resolve_split_mode
+    from components.image_example_gen import resolve_split_mode, select_spans
 
     config.validate().absolute_paths()
     os.makedirs(config.pipeline_root, exist_ok=True)
     if stop_after != "ingest":
-        preflight_weights(config, progress)
+        from trainer.weights import resolve_weights
+
+        resolve_weights(config.trainer.weights)  # a missing weights file stops the run before any data is touched
     data_root = prepare_data_root(config, progress)
-    split_mode = resolve_split_mode(data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir)
+    spans = select_spans(data_root, config.data.spans)
+    split_mode = resolve_split_mode(
+        data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir, spans
+    )
     progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
-    pipeline = local_pipeline(config, data_root, split_mode, stop_after)
+    if spans:
+        progress(f"spans: {', '.join(spans)} (data.spans={config.data.spans})")
+    if stop_after == "push" and force is not None:
+        if force:
+            progress("--force: training without comparing with the served version, MLMD cache off")
+        else:
+            # Before the weights preflight (which builds the base): a no-op run should end in seconds. The
+            # settings are compared with trainer.weights resolved, as the preflight writes it and the record holds.
+            check = unchanged_since_served(_with_resolved_weights(config), data_root, split_mode, spans)
+            if check["unchanged"]:
+                return {"skipped": True, "served_version": check["version"], "message": check["reason"], "spans": spans}
+            progress(f"training: {check['reason']}")
+    if stop_after != "ingest":
+        preflight_weights(config, progress)
+    pipeline = local_pipeline(config, data_root, split_mode, stop_after, enable_cache=not force)
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
     wall = time.time() - started
     progress(f"pipeline finished in {wall:.1f} s")
-    return {"data_root": data_root, "split_mode": split_mode, "wall_s": wall}
+    return {"data_root": data_root, "split_mode": split_mode, "spans": spans, "wall_s": wall}
 
 
-def local_pipeline(config: PipelineConfig, data_root: str, split_mode: str, stop_after: str = "push"):
+def local_pipeline(
+    config: PipelineConfig, data_root: str, split_mode: str, stop_after: str = "push", enable_cache: bool = True
+):
     """The pipeline `run_local` runs: MLMD in SQLite under the pipeline root, `beam_args(config)` for every
-    Beam-based component, caching on."""
+    Beam-based component, caching on unless `enable_cache` is False (`ftune run --force`)."""
     from tfx import v1 as tfx
 
     from pipeline.pipeline import create_pipeline
@@ -321,7 +404,7 @@ def local_pipeline(config: PipelineConfig, data_root: str, split_mode: str, stop
         data_root=data_root,
         split_mode=split_mode,
         stop_after=stop_after,
-        enable_cache=True,
+        enable_cache=enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
         beam_pipeline_args=beam_args(config),
         serving_state=serving_state(config.serving_model_dir),

@@ -65,6 +65,7 @@ def create_pipeline(
         eval_fraction=data.eval_fraction,
         max_quarantine_fraction=data.max_quarantine_fraction,
         max_image_pixels=data.max_image_pixels,
+        spans=data.spans,
     )
     components.append(example_gen)
 
@@ -89,6 +90,11 @@ def create_pipeline(
         )
         components.append(transform)
 
+        # The version TF Serving serves now: the Evaluator's baseline, and the Trainer's warm-start source.
+        baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state)
+        components.append(baseline)
+        warm_start = {"base_model": baseline.outputs["baseline_model"]} if config.trainer.warm_start == "auto" else {}
+
         trainer = fine_tune_trainer.FineTuneTrainer(
             run_fn=RUN_FN,
             examples=transform.outputs["transformed_examples"],
@@ -105,14 +111,12 @@ def create_pipeline(
                 },
             },
             **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},
+            **warm_start,
         ).with_id("Trainer")
         components.append(trainer)
 
     if stop_after == "push":
         # The gate's baseline is what TF Serving serves now, not a Resolver (see served_model_baseline.py).
-        baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state)
-        components.append(baseline)
-
         evaluator = evaluator_gate.GatedEvaluator(
             examples=example_gen.outputs["examples"],
             example_splits=["eval"],

@@ -21,7 +21,7 @@ import sys
 import pytest
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
 
-from components.image_example_gen import input_fingerprint
+from components.image_example_gen import input_fingerprint, make_input_config
 from pipeline import outcome
 from pipeline.configs import PipelineConfig
 from pipeline.sample_data import SHAPE_NAMES, generate_sample_data
@@ -116,7 +116,8 @@ def test_first_run_pushes_version_1_with_its_record(first_run, config):
     assert record["version"] == 1 and record["kind"] == "trained" and record["rollback_of"] is None
     assert record["labels"] == sorted(SHAPE_NAMES[:3])
     assert record["data"]["roots"] == [str(data)]
-    assert record["data"]["fingerprint"] == input_fingerprint(str(data), "presplit")
+    presplit = make_input_config("presplit", "train", "validation")
+    assert record["data"]["fingerprint"] == input_fingerprint(str(data), presplit, spans=[])
     assert record["data"]["images_per_class"]["eval"] == {c: EVAL_PER_CLASS for c in SHAPE_NAMES[:3]}
     assert record["settings"]["eval"]["class_recall_floor"] == 0.3
     assert record["settings"]["trainer"]["phase1_epochs"] == 6 and record["settings"]["data"]["data_root"] == str(data)

@@ -102,6 +102,33 @@ def test_presplit_layout_keeps_folder_splits(tmp_path):
     assert all(name.startswith("validation/") for name in examples["eval"])
 
 
+def test_spans_are_read_together_or_as_a_window_and_named_in_the_report(tmp_path):
+    data = tmp_path / "images"
+    for span, seed in (("span-1", 1), ("span-2", 2)):
+        image_corpus.write_plain(str(data / span / "train"), {"a": 3, "b": 3}, seed=seed)
+        image_corpus.write_plain(str(data / span / "validation"), {"a": 1, "b": 1}, seed=seed + 10)
+    image_corpus.write_plain(str(data / "span-2" / "train"), {"c": 2}, seed=3)  # span 2 adds class c
+    image_corpus.write_plain(str(data / "span-2" / "validation"), {"c": 1}, seed=4)
+
+    _, uri = ingest(tmp_path, str(data), root_name="all")
+    examples = read_examples(uri)
+    assert {s: len(v) for s, v in examples.items()} == {"train": 14, "eval": 5}
+    assert {n.split("/")[0] for v in examples.values() for n in v} == {"span-1", "span-2"}
+    assert all(n.split("/")[1] == "train" for n in examples["train"])
+    labels = {ex.features.feature["class_name"].bytes_list.value[0].decode(): ex for ex in examples["train"].values()}
+    assert {c: e.features.feature["label"].int64_list.value[0] for c, e in labels.items()} == {"a": 0, "b": 1, "c": 2}
+    with open(os.path.join(uri, eg.REPORT_FILE)) as f:
+        report = json.load(f)
+    assert report["spans"] == ["span-1", "span-2"]
+    assert report["input_fingerprint"] == eg.input_fingerprint(
+        str(data), eg.make_input_config("presplit", "train", "validation"), ["span-1", "span-2"]
+    )
+
+    _, uri = ingest(tmp_path, str(data), root_name="latest", spans="latest")
+    names = [n for v in read_examples(uri).values() for n in v]
+    assert len(names) == 11 and all(n.startswith("span-2/") for n in names)
+
+
 def test_hash_split_is_deterministic_across_runs_and_respects_ratio(tmp_path):
     data = tmp_path / "images"
     image_corpus.write_plain(str(data), {"a": 40, "b": 40})

@@ -37,6 +37,9 @@ COMMON = [
     "trainer.phase2_epochs=2",
     f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
     "eval.accuracy_floor=0.7",
+    # Every run here starts cold, so that "no training at all" really is a worse model (warm starts and the
+    # retraining flow are tested in test_scheduled_retraining.py).
+    "trainer.warm_start=off",
 ]
 
 

@@ -336,7 +336,8 @@ def test_predict_server_sends_tf_serving_rest_requests(run, tmp_path):
 
 def test_predict_without_a_served_model_is_an_error(tmp_path):
     result = _ftune("predict", str(tmp_path), "--pipeline-root", str(tmp_path / "root"), timeout=120)
-    assert result.returncode == 3 and "no served model in" in result.stderr and "Traceback" not in result.stderr  # unusable input
+    # Exit code 3: unusable input (pipeline/outcome.py).
+    assert result.returncode == 3 and "no served model in" in result.stderr and "Traceback" not in result.stderr
 
 
 # --- the report ------------------------------------------------------------------------------------------------

@@ -181,6 +181,7 @@ def _ingestion(run: RunView) -> Dict[str, Any]:
         ],
         "class_names": list(report.get("class_names", [])),
         "input_base": report.get("input_base", ""),
+        "spans": list(report.get("spans") or []),
         "examples_uri": uri,
         "report_path": path,
     }
@@ -211,6 +212,7 @@ def _training(run: RunView, history: Dict[str, Any]) -> Dict[str, Any]:
         "modes": dict(history.get("modes") or {}),
         "learning_rates": dict(history.get("learning_rates") or {}),
         "trainable_base_layers": history.get("trainable_base_layers"),
+        "warm_start": history.get("warm_start"),
         "curves": {**curves, "phase": phases},
         "model_uri": run.uri("Trainer", "model"),
         "history_path": history.get("_path"),
@@ -483,7 +485,7 @@ def _outcome(push: Dict[str, Any]) -> Dict[str, Any]:
         status = outcome.GATE_REFUSED
     else:
         status = outcome.NOT_FINISHED
-    return {"status": status, "exit_code": outcome.EXIT_CODES[status], "version": push.get("version")}
+    return outcome.outcome(status, push.get("version"))
 
 
 # --- the summary for the CLI ------------------------------------------------------------------------------------
@@ -498,6 +500,7 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
         splits = ", ".join(f"{s} {n}" for s, n in ingestion["accepted_per_split"].items())
         lines.append(
             f"ingestion: {ingestion['accepted']} accepted ({splits}), {ingestion['quarantined_count']} quarantined"
+            + (f"; spans {', '.join(ingestion['spans'])}" if ingestion.get("spans") else "")
         )
     else:
         lines.append(f"ingestion: {missing.get('ingestion', 'missing')}")
@@ -508,6 +511,8 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
             f"training: eval accuracy after phase 1 {_fmt(acc.get('phase1'))}, after phase 2 "
             f"{_fmt(acc.get('phase2'))} ({_fmt(training['wall_seconds'].get('total'), 1)} s)"
         )
+        if training.get("warm_start"):
+            lines.append(f"warm start: {training['warm_start']['reason']}")
     else:
         lines.append(f"training: {missing.get('training', 'missing')}")
     gate = data.get("gate")

@@ -1,0 +1,166 @@
+"""Scheduled retraining through the real `ftune run` CLI on generated spans, one pipeline root for the module:
+
+1. span 1 -> version 1 (cold: nothing served yet);
+2. the same command again -> no training, no new version, "no new data; version 1 stays served", in < 30 s;
+3. span 2 added -> warm start from version 1, version 2, spans 1-2 read;
+4. a window of 1 (`data.spans=1`) -> only the newest span is read;
+5. span 3 adds a class -> cold start, and the summary says why.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+
+from components.image_example_gen import REPORT_FILE
+from pipeline.configs import PipelineConfig, load_config
+from pipeline.local_runner import unchanged_since_served
+from pipeline.reporting.run_records import latest_artifact_uri
+from pipeline.sample_data import generate_sample_data
+from serving import model_versions
+
+pytestmark = pytest.mark.slow  # whole pipeline runs: `make test-fast` leaves them out
+
+PER_CLASS = 20
+COMMON = [
+    "trainer.image_size=96",
+    "trainer.batch_size=16",
+    "trainer.phase1_epochs=5",
+    "trainer.phase2_epochs=1",
+    "trainer.warm_phase1_epochs=1",
+    "trainer.warm_phase2_epochs=1",
+    "trainer.cache_variants=2",
+    "trainer.warmup_requests=1",
+    f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
+    "eval.accuracy_floor=0.5",
+    "eval.max_accuracy_drop=0.2",
+]
+
+
+def ftune(command, root, data, *overrides, timeout=900):
+    cmd = [sys.executable, "-m", "pipeline.cli", command, "--pipeline-root", str(root), "--data-root", str(data)]
+    if command == "run":
+        cmd += ["--weights", pretrained_weights_path()]
+    else:
+        cmd += ["--set", f"trainer.weights={pretrained_weights_path()}"]
+    for item in list(COMMON) + list(overrides):
+        cmd += ["--set", item]
+    started = time.time()
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    result.seconds = time.time() - started
+    return result
+
+
+def add_span(data, number, classes, seed):
+    generate_sample_data(os.path.join(str(data), f"span-{number}"), classes=classes, per_class=PER_CLASS, seed=seed)
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def ingest_report(config):
+    with open(os.path.join(latest_artifact_uri(config, "ImageExampleGen", "examples"), REPORT_FILE)) as f:
+        return json.load(f)
+
+
+def served_file(config, version, name):
+    with open(os.path.join(config.serving_model_dir, str(version), "assets.extra", name)) as f:
+        return json.load(f) if name.endswith(".json") else f.read()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("retrain")
+
+
+@pytest.fixture(scope="module")
+def data(root):
+    path = root / "images"
+    add_span(path, 1, classes=3, seed=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def config(root):
+    return PipelineConfig(pipeline_root=str(root))
+
+
+@pytest.fixture(scope="module")
+def first(root, data, config):
+    # The Pusher writes version 1's record (serving/model_record.py); the no-op check below reads only that record.
+    return ok(ftune("run", root, data))
+
+
+def test_first_span_trains_version_1_cold(first, config):
+    assert model_versions.served_versions(config.serving_model_dir) == [1]
+    assert ingest_report(config)["spans"] == ["span-1"]
+    assert served_file(config, 1, "warm_start.json") == {
+        "from_version": None,
+        "reason": "cold start: nothing is served yet",
+    }
+    assert "warm start: cold start: nothing is served yet" in first.stdout
+
+
+def test_same_command_again_does_not_train(first, root, data, config):
+    again = ok(ftune("run", root, data))
+    assert "no new data; version 1 stays served" in again.stdout
+    assert "Component Trainer" not in again.stdout + again.stderr
+    assert model_versions.served_versions(config.serving_model_dir) == [1]
+    assert again.seconds < 30, f"the no-op run took {again.seconds:.1f} s"
+    # A changed setting is not "nothing changed", and the reason names it (checked without starting a run).
+    overrides = [f"pipeline_root={root}", f"data.data_root={data}", f"trainer.weights={pretrained_weights_path()}"]
+    changed = load_config(None, overrides + COMMON + ["trainer.learning_rate=0.002"]).absolute_paths()
+    check = unchanged_since_served(changed, str(data), "hash", ["span-1"])
+    assert not check["unchanged"]
+    assert "trainer.learning_rate (0.001 -> 0.002)" in check["reason"]
+
+
+@pytest.fixture(scope="module")
+def second(first, root, data):
+    add_span(data, 2, classes=3, seed=2)
+    return ok(ftune("run", root, data))
+
+
+def test_new_span_warm_starts_version_2_from_version_1(second, config):
+    assert model_versions.served_versions(config.serving_model_dir) == [1, 2]
+    assert ingest_report(config)["spans"] == ["span-1", "span-2"]
+    assert "spans span-1, span-2" in second.stdout
+    assert served_file(config, 2, "warm_start.json") == {
+        "from_version": 1,
+        "reason": "warm start from served version 1",
+    }
+    assert "warm start: warm start from served version 1" in second.stdout
+    with open(os.path.join(latest_artifact_uri(config, "Trainer", "model"), "training_history.json")) as f:
+        history = json.load(f)
+    assert len(history["phase"]) <= 2  # warm_phase1_epochs + warm_phase2_epochs, not the cold 5 + 1
+
+
+def test_window_of_one_reads_only_the_newest_span(second, root, data, config):
+    ok(ftune("ingest", root, data, "data.spans=1"))
+    report = ingest_report(config)
+    assert report["spans"] == ["span-2"]
+    assert report["scanned"] == report["accepted"] == 3 * PER_CLASS
+    names = set()
+    uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
+    for split in ("train", "eval"):
+        files = tf.io.gfile.glob(os.path.join(uri, f"Split-{split}", "*"))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            names.add(tf.train.Example.FromString(record).features.feature["file_name"].bytes_list.value[0].decode())
+    assert len(names) == 3 * PER_CLASS and all(name.startswith("span-2/") for name in names)
+
+
+def test_span_adding_a_class_starts_cold_and_says_why(second, root, data, config):
+    add_span(data, 3, classes=4, seed=3)
+    third = ok(ftune("run", root, data))
+    assert "cold start: the labels changed since served version 2 (classes added: star)" in third.stdout
+    assert ingest_report(config)["class_names"] == ["circle", "square", "star", "triangle"]
+    model = os.path.join(latest_artifact_uri(config, "Trainer", "model"), "Format-Serving")
+    with open(os.path.join(model, "assets.extra", "warm_start.json")) as f:
+        assert json.load(f)["from_version"] is None
