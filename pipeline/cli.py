@@ -341,6 +341,7 @@ def user_error(exc: BaseException) -> Optional[str]:
     weights), found anywhere in the exception chain (TFX wraps component errors); None for bugs."""
     # Imported here: they pull in TensorFlow, which `ftune --help` should not wait for.
     from components.image_example_gen import DataUnusableError
+    from pipeline.local_runner import PipelineBusyError
     from trainer.weights import WeightsUnavailableError
 
     seen = set()
@@ -350,7 +351,7 @@ def user_error(exc: BaseException) -> Optional[str]:
         seen.add(id(exc))
         if isinstance(exc, DataUnusableError):
             return f"unusable data: {exc}"
-        if isinstance(exc, (ConfigError, FileNotFoundError, WeightsUnavailableError)):
+        if isinstance(exc, (ConfigError, FileNotFoundError, WeightsUnavailableError, PipelineBusyError)):
             return str(exc)
         exc = exc.__cause__ or exc.__context__
     return None

@@ -64,6 +64,8 @@ class DataConfig:
     max_quarantine_fraction: float = 0.1
     # Files whose header claims more pixels than this are quarantined before decoding (decompression bombs).
     max_image_pixels: int = 50_000_000
+    # Files larger than this many bytes are quarantined from their size, without being read into memory.
+    max_file_bytes: int = 100_000_000
     # Sample data generated when data_root is empty.
     sample_classes: int = 3
     sample_per_class: int = 60
@@ -224,6 +226,7 @@ class PipelineConfig:
             "between 0 and 1",
         )
         _check(d.max_image_pixels, d.max_image_pixels > 0, "data.max_image_pixels", "positive")
+        _check(d.max_file_bytes, d.max_file_bytes > 0, "data.max_file_bytes", "positive")
         _check(d.sample_classes, d.sample_classes >= 2, "data.sample_classes", "at least 2")
         _check(d.sample_per_class, d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
         _check(t.base_model, t.base_model in BASE_MODEL_LAYERS, "trainer.base_model", _one_of(BASE_MODEL_LAYERS))
@@ -259,10 +262,23 @@ class PipelineConfig:
             "a folder name: letters, digits, '_', '.' or '-' (no '/' and not starting with '.')",
         )
         _check(p.keep_versions, p.keep_versions >= 0, "push.keep_versions", "non-negative")
+        _check(
+            p.serving_dir,
+            not _is_inside(p.serving_dir, d.data_root),
+            "push.serving_dir",
+            f"outside data.data_root={d.data_root!r} (pushed models would be ingested as images next run)",
+        )
         k = self.kubeflow
         _check(k.gpu_count, k.gpu_count >= 0, "kubeflow.gpu_count", "non-negative")
         _check(k.trainer_cpu, k.trainer_cpu > 0, "kubeflow.trainer_cpu", "positive")
         return self
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    if not path or not folder or "://" in path or "://" in folder:
+        return False
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _one_of(allowed: Iterable[str]) -> str:
