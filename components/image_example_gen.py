@@ -444,8 +444,11 @@ class _ReadAndInspect(beam.DoFn):
         rel_path = os.path.join(self._split_prefix, rel_path)
         try:
             data = read_file(full, self._max_file_bytes)
-        except FileNotFoundError:
-            data, info, reason = None, {}, "vanished during ingestion (listed, then gone before it was read)"
+        except FileNotFoundError as exc:
+            if not _is_uri(full) and os.path.islink(full):
+                data, info, reason = None, {}, f"unreadable: {exc.strerror} (a symlink to a missing file)"
+            else:
+                data, info, reason = None, {}, "vanished during ingestion (listed, then gone before it was read)"
         except (FileTooLargeError, FileChangedError) as exc:
             data, info, reason = None, {}, f"{'too large' if isinstance(exc, FileTooLargeError) else 'unstable'}: {exc}"
         except (OSError, tf.errors.OpError) as exc:

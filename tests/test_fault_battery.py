@@ -676,8 +676,9 @@ def ftune_run_command(root) -> List[str]:
 
 @pytest.fixture(scope="module")
 def crash_runs(tmp_path_factory):
-    """For each killed component: start `ftune run`, SIGKILL it when the component starts; while the first run is
-    alive, a second one is started (it must be refused). Then the same command once more, to completion."""
+    """For each killed component: start `ftune run`, SIGKILL it when the component starts. The first time, the run
+    is frozen (SIGSTOP) there while a second `ftune run` on the same root is tried (it must be refused). Then the
+    same command once more, to completion."""
     root = tmp_path_factory.mktemp("crash")
     outcomes = {}
     for component in KILLED_COMPONENTS:
@@ -690,8 +691,9 @@ def crash_runs(tmp_path_factory):
             seen.append(line)
             if f"Component {component} is running" in line:
                 if component == KILLED_COMPONENTS[0]:
+                    os.killpg(process.pid, signal.SIGSTOP)  # frozen while holding the lock
                     outcomes["concurrent"] = subprocess.run(
-                        ftune_run_command(root), cwd=REPO, capture_output=True, text=True, timeout=120
+                        ftune_run_command(root), cwd=REPO, capture_output=True, text=True, timeout=180
                     )
                 os.killpg(process.pid, signal.SIGKILL)
                 break
@@ -699,8 +701,10 @@ def crash_runs(tmp_path_factory):
                 break
         process.wait(timeout=60)
         outcomes[component] = (process.returncode, process.pid, "".join(seen[-20:]))
+    started = time.time()
     final = subprocess.run(ftune_run_command(root), cwd=REPO, capture_output=True, text=True, timeout=600)
     outcomes["final"] = final
+    outcomes["final_s"] = time.time() - started
     return root, outcomes
 
 
