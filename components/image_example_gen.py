@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -56,6 +57,7 @@ from tfx.utils import proto_utils
 
 from pipeline.configs import span_window
 from serving.model_record import files_fingerprint
+from trainer.features import header_problem_py
 
 REPORT_FILE = "ingest_report.json"
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
@@ -68,6 +70,7 @@ SPANS_KEY = "spans"
 SPANS_PROPERTY = "spans"
 INPUT_FINGERPRINT_PROPERTY = "input_fingerprint"
 SPAN_FOLDER = re.compile(r"^span-(\d+)$")
+MAX_FILE_BYTES_KEY = "max_file_bytes"
 # Private exec property: where the Beam job writes quarantine records before the report is assembled.
 _QUARANTINE_DIR_KEY = "_quarantine_dir"
 
@@ -195,8 +198,17 @@ def split_root_of(pattern: str) -> str:
 # --- listing ---------------------------------------------------------------------------------------------------
 
 
-# Local folders go through os (symlinks followed, so a dangling one is seen and quarantined); URIs such as
-# gs://bucket/images (the data root of a Kubeflow run) through tf.io.gfile.
+# Local folders go through os (symlinks followed, once each; a dangling one is listed, then quarantined); URIs
+# such as gs://bucket/images (the data root of a Kubeflow run) through tf.io.gfile.
+
+# Files and folders that operating systems and tools leave in image folders. They are not data: ignored, neither
+# read nor quarantined nor counted (macOS `.DS_Store` and `._*` AppleDouble files, Windows `Thumbs.db`,
+# `desktop.ini`, zip tools' `__MACOSX`, and any other hidden name).
+LITTER_NAMES = frozenset({"Thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini", "__MACOSX", "Icon\r"})
+
+
+def is_litter(name: str) -> bool:
+    return name.startswith(".") or name in LITTER_NAMES
 
 
 def _is_uri(path: str) -> bool:
@@ -204,39 +216,163 @@ def _is_uri(path: str) -> bool:
 
 
 def list_classes(split_root: str) -> List[str]:
-    """Sorted class folder names directly under split_root (hidden folders ignored)."""
+    """Sorted class folder names directly under split_root (hidden folders and OS litter ignored)."""
     if not tf.io.gfile.isdir(split_root):
         raise DataUnusableError(f"image folder {split_root} does not exist or is not a directory")
+    # os for local folders: TensorFlow's listdir fails outright on a name that is not valid UTF-8.
+    names = tf.io.gfile.listdir(split_root) if _is_uri(split_root) else os.listdir(split_root)
     return sorted(
-        name.rstrip("/")
-        for name in tf.io.gfile.listdir(split_root)
-        if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(split_root, name))
+        name.rstrip("/") for name in names if not is_litter(name.rstrip("/")) and _isdir(os.path.join(split_root, name))
     )
 
 
-def _walk(top: str):
-    return tf.io.gfile.walk(top) if _is_uri(top) else os.walk(top, followlinks=True)
+def _isdir(path: str) -> bool:
+    return tf.io.gfile.isdir(path) if _is_uri(path) else os.path.isdir(path)
+
+
+def check_class_names(split_root: str, classes: Iterable[str]) -> None:
+    """A class folder name becomes a label string in the model and in TF Serving's JSON answers: refuse names that
+    are not valid UTF-8, hold control characters (a newline would split the label vocabulary), start or end with
+    blanks, or collide with another class on a case-insensitive or Unicode-normalising file system."""
+    seen: Dict[str, str] = {}
+    for name in classes:
+        problem = None
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "is not valid UTF-8"
+        else:
+            if any(unicodedata.category(ch) == "Cc" for ch in name):
+                problem = "contains a control character (newline, tab, ...)"
+            elif name != name.strip():
+                problem = "starts or ends with a blank"
+        if problem is None:
+            key = unicodedata.normalize("NFC", name).casefold()
+            if key in seen:
+                problem = (
+                    f"differs from class folder {seen[key]!r} only by letter case or Unicode normalisation (the two "
+                    "merge on macOS/Windows file systems)"
+                )
+            seen[key] = name
+        if problem:
+            raise DataUnusableError(
+                f"class folder name {name!r} under {split_root} {problem}; rename the folder (class names become "
+                "the model's labels)"
+            )
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def list_files(split_root: str, classes: Iterable[str]) -> List[Tuple[str, str]]:
-    """(class_name, relative path from split_root) for every file below each class folder, in sorted order."""
+    """(class_name, relative path from split_root) for every file below each class folder, in sorted order.
+
+    Local folders are walked safely: a symlinked folder is followed only once and never into the split root, an
+    ancestor of it, or another class's folder (a `cats/loop -> ..` link would otherwise relabel every dog as a
+    cat, over and over); a file reached through several links or hard links is listed once; OS litter is
+    skipped."""
+    classes = list(classes)
+    if _is_uri(split_root):
+        return _list_uri_files(split_root, classes)
+    real_classes = {c: os.path.realpath(os.path.join(split_root, c)) for c in classes}
+    files: List[Tuple[str, str]] = []
+    seen_files: set = set()
+    for class_name in classes:
+        others = [d for c, d in real_classes.items() if c != class_name]
+        seen_dirs: set = set()
+        pending = [os.path.join(split_root, class_name)]
+        while pending:
+            folder = pending.pop()
+            real = os.path.realpath(folder)
+            if real in seen_dirs or _is_foreign(real, real_classes[class_name], others):
+                logging.warning(
+                    "ImageExampleGen: not following %s (-> %s): already walked, or outside its class", folder, real
+                )
+                continue
+            seen_dirs.add(real)
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as exc:
+                logging.warning("ImageExampleGen: cannot list %s: %s", folder, exc)
+                continue
+            subfolders = []
+            for entry in entries:
+                if is_litter(entry.name):
+                    continue
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    subfolders.append(entry.path)
+                    continue
+                try:
+                    stat = os.stat(entry.path)
+                    key: Any = (stat.st_dev, stat.st_ino)
+                    if any(_inside(os.path.realpath(entry.path), d) for d in others):
+                        logging.warning(
+                            "ImageExampleGen: not listing %s under %s: it is a file of another class",
+                            entry.path,
+                            class_name,
+                        )
+                        continue
+                except OSError:
+                    key = entry.path  # dangling link: listed (and quarantined as unreadable), once
+                if key in seen_files:
+                    continue
+                seen_files.add(key)
+                files.append((class_name, entry.path[len(split_root) :].lstrip("/")))
+            pending.extend(reversed(subfolders))  # depth first, in sorted order
+    return files
+
+
+def _is_foreign(real: str, own_class: str, other_classes: List[str]) -> bool:
+    """A folder reached through a link that must not be walked for this class."""
+    if _inside(own_class, real) and real != own_class:
+        return True  # the split root or an ancestor: the walk would loop or wander into other classes
+    return any(_inside(real, d) for d in other_classes)
+
+
+def _list_uri_files(split_root: str, classes: List[str]) -> List[Tuple[str, str]]:
     files = []
     for class_name in classes:
-        class_dir = os.path.join(split_root, class_name)
-        for dirpath, dirnames, filenames in _walk(class_dir):
-            dirnames.sort()
-            for filename in sorted(filenames):
+        for dirpath, dirnames, filenames in tf.io.gfile.walk(os.path.join(split_root, class_name)):
+            dirnames[:] = sorted(d for d in dirnames if not is_litter(d.rstrip("/")))
+            for filename in sorted(f for f in filenames if not is_litter(f)):
                 full = os.path.join(dirpath, filename)
                 files.append((class_name, full[len(split_root) :].lstrip("/")))
     return files
 
 
-def read_file(path: str) -> bytes:
+class FileTooLargeError(OSError):
+    """A file is larger than data.max_file_bytes; it was not read."""
+
+
+class FileChangedError(OSError):
+    """A file changed while it was being read."""
+
+
+def read_file(path: str, max_bytes: int) -> bytes:
+    """The file's bytes; refuses a file above max_bytes from its size, before reading it, and a file that changes
+    (or grows past the limit) while it is read."""
     if _is_uri(path):
+        size = tf.io.gfile.stat(path).length
+        if size > max_bytes:
+            raise FileTooLargeError(f"{size} bytes > data.max_file_bytes={max_bytes}; not read")
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     with open(path, "rb") as f:
-        return f.read()
+        before = os.fstat(f.fileno())
+        if before.st_size > max_bytes:
+            raise FileTooLargeError(f"{before.st_size} bytes > data.max_file_bytes={max_bytes}; not read")
+        data = f.read(max_bytes + 1)
+        after = os.fstat(f.fileno())
+    if len(data) > max_bytes:
+        raise FileTooLargeError(f"grew past data.max_file_bytes={max_bytes} while being read")
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
+        raise FileChangedError("changed while being read (size or modification time moved); run again when stable")
+    return data
 
 
 def _size_and_mtime(path: str) -> Tuple[int, int]:
@@ -279,6 +415,7 @@ def check_layout(input_base: str, input_config: example_gen_pb2.Input, spans: Se
 def _checked_classes(root: str, multiple: bool) -> List[str]:
     """The class folders of one split root (one span's, with spans), none of them empty."""
     classes = list_classes(root)
+    check_class_names(root, classes)
     if multiple and not classes:
         raise DataUnusableError(f"span folder {root} holds no class folders (expected {root}/<class_name>/<images>)")
     counts = {c: len(list_files(root, [c])) for c in classes}
@@ -307,19 +444,12 @@ def inspect_image(data: bytes, max_image_pixels: int) -> Tuple[Optional[bytes], 
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         return None, {}, f"unsupported image format {fmt} (supported: {', '.join(SUPPORTED_FORMATS)})"
-    width, height = image.size
-    if width < 1 or height < 1:
-        return None, {}, f"invalid dimensions {width}x{height}"
-    # Checked from the header, before decoding: a tiny file can claim billions of pixels.
-    if width * height > max_image_pixels:
-        return (
-            None,
-            {},
-            (
-                f"absurd dimensions {width}x{height} ({width * height} pixels > data.max_image_pixels="
-                f"{max_image_pixels})"
-            ),
-        )
+    # Checked from the header, before decoding: a tiny file can claim billions of pixels. The same check (format,
+    # declared size, end marker) runs inside the transform graph, so serving refuses what ingestion refuses.
+    problem, header = header_problem_py(data, max_image_pixels)
+    if problem:
+        return None, {}, problem
+    width, height = header["width"], header["height"]
     try:
         image.load()  # full decode: raises on truncated or corrupt data
     except Exception as exc:
@@ -380,11 +510,14 @@ class _ReadAndInspect(beam.DoFn):
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, input_base: str, split_name: str, class_names: List[str], max_image_pixels: int):
+    def __init__(
+        self, input_base: str, split_name: str, class_names: List[str], max_image_pixels: int, max_file_bytes: int
+    ):
         self._input_base = input_base
         self._split_name = split_name
         self._labels = {name: i for i, name in enumerate(class_names)}
         self._max_image_pixels = max_image_pixels
+        self._max_file_bytes = max_file_bytes
         self._seen = 0
         self._accepted = beam.metrics.Metrics.counter("ImageExampleGen", "accepted")
         self._quarantined = beam.metrics.Metrics.counter("ImageExampleGen", "quarantined")
@@ -395,7 +528,14 @@ class _ReadAndInspect(beam.DoFn):
         class_name, rel_path = item
         full = os.path.join(self._input_base, rel_path)
         try:
-            data = read_file(full)
+            data = read_file(full, self._max_file_bytes)
+        except FileNotFoundError as exc:
+            if not _is_uri(full) and os.path.islink(full):
+                data, info, reason = None, {}, f"unreadable: {exc.strerror} (a symlink to a missing file)"
+            else:
+                data, info, reason = None, {}, "vanished during ingestion (listed, then gone before it was read)"
+        except (FileTooLargeError, FileChangedError) as exc:
+            data, info, reason = None, {}, f"{'too large' if isinstance(exc, FileTooLargeError) else 'unstable'}: {exc}"
         except (OSError, tf.errors.OpError) as exc:
             data, info, reason = None, {}, f"unreadable: {getattr(exc, 'strerror', None) or _first_line(exc)}"
         else:
@@ -437,7 +577,13 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], s
         | "ListFiles" >> beam.Create(files, reshuffle=True)
         | "ReadAndInspect"
         >> beam.ParDo(
-            _ReadAndInspect(input_base, split_name, class_names, int(exec_properties[MAX_IMAGE_PIXELS_KEY]))
+            _ReadAndInspect(
+                input_base,
+                split_name,
+                class_names,
+                int(exec_properties[MAX_IMAGE_PIXELS_KEY]),
+                int(exec_properties[MAX_FILE_BYTES_KEY]),
+            )
         ).with_outputs(_ReadAndInspect.QUARANTINE, main="examples")
     )
     _ = results[_ReadAndInspect.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
@@ -634,6 +780,7 @@ class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         MAX_QUARANTINE_FRACTION_KEY: ExecutionParameter(type=float),
         MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
         SPANS_KEY: ExecutionParameter(type=str, optional=True),
+        MAX_FILE_BYTES_KEY: ExecutionParameter(type=int),
     }
 
 
@@ -655,6 +802,7 @@ class ImageExampleGen(FileBasedExampleGen):
         max_quarantine_fraction: float = 0.1,
         max_image_pixels: int = 50_000_000,
         spans: str = "all",
+        max_file_bytes: int = 100_000_000,
     ):
         input_config = make_input_config(split_mode, train_dir, eval_dir)
         output_config = make_output_config(split_mode, eval_fraction)
@@ -667,6 +815,7 @@ class ImageExampleGen(FileBasedExampleGen):
             max_quarantine_fraction=max_quarantine_fraction,
             max_image_pixels=max_image_pixels,
             spans=spans,
+            max_file_bytes=max_file_bytes,
             examples=types.Channel(type=types.standard_artifacts.Examples),
         )
         # Skip FileBasedExampleGen.__init__ (it builds the stock spec); the base class does the rest.

@@ -24,6 +24,8 @@ from trainer.features import (
 
 # The pipeline always passes it (custom_config={"image_size": config.trainer.image_size}); no default here.
 IMAGE_SIZE_KEY = "image_size"
+# data.max_image_pixels: the same header limit as ingestion, inside the graph TF Serving runs.
+MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
 
 
 def _flatten(tensor: tf.Tensor) -> tf.Tensor:
@@ -33,7 +35,7 @@ def _flatten(tensor: tf.Tensor) -> tf.Tensor:
 
 def preprocessing_fn(inputs: Dict[str, tf.Tensor], custom_config: Dict[str, Any]) -> Dict[str, tf.Tensor]:
     image_size = int(custom_config[IMAGE_SIZE_KEY])
-    images = decode_and_resize(_flatten(inputs[IMAGE_KEY]), image_size)
+    images = decode_and_resize(_flatten(inputs[IMAGE_KEY]), image_size, int(custom_config[MAX_IMAGE_PIXELS_KEY]))
     outputs = {TRANSFORMED_IMAGE_KEY: serialize_images(images)}
     if FILE_NAME_KEY in inputs:
         # Carried along (unused by the model) so an example stays traceable to its file, e.g. in skew checks.

@@ -572,6 +572,7 @@ def classify_error(exc: BaseException) -> Optional[Tuple[int, str]]:
     weights), found anywhere in the exception chain (TFX wraps component errors); None for bugs."""
     # Imported here: they pull in TensorFlow, which `ftune --help` should not wait for.
     from components.image_example_gen import DataUnusableError
+    from pipeline.local_runner import PipelineBusyError
     from serving.predict import PredictError
     from trainer.weights import WeightsUnavailableError
 
@@ -585,6 +586,8 @@ def classify_error(exc: BaseException) -> Optional[Tuple[int, str]]:
             return outcome.EXIT_UNUSABLE_INPUT, f"unusable data: {exc}"
         if isinstance(exc, (ConfigError, RollbackError)):
             return outcome.EXIT_INVALID_SETTINGS, str(exc)
+        if isinstance(exc, PipelineBusyError):
+            return outcome.EXIT_BUSY, str(exc)
         if isinstance(exc, (FileNotFoundError, WeightsUnavailableError, PredictError)):
             return outcome.EXIT_UNUSABLE_INPUT, str(exc)
         exc = exc.__cause__ or exc.__context__

@@ -75,6 +75,8 @@ class DataConfig:
     # data_root): "all", "latest", or a rolling window of the newest N spans written as N (e.g. "3"). Without
     # span folders this setting has no effect.
     spans: str = "all"
+    # Files larger than this many bytes are quarantined from their size, without being read into memory.
+    max_file_bytes: int = 100_000_000
     # Sample data generated when data_root is empty.
     sample_classes: int = 3
     sample_per_class: int = 60
@@ -265,6 +267,7 @@ class PipelineConfig:
             "data.spans",
             "all, latest, or a whole number N >= 1 (the newest N spans)",
         )
+        _check(d.max_file_bytes, d.max_file_bytes > 0, "data.max_file_bytes", "positive")
         _check(d.sample_classes, d.sample_classes >= 2, "data.sample_classes", "at least 2")
         _check(d.sample_per_class, d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
         _check(t.base_model, t.base_model in BASE_MODEL_LAYERS, "trainer.base_model", _one_of(BASE_MODEL_LAYERS))
@@ -320,6 +323,12 @@ class PipelineConfig:
             "eval.max_tflite_accuracy_drop",
             "in [0, 1]",
         )
+        _check(
+            p.serving_dir,
+            not _is_inside(p.serving_dir, d.data_root),
+            "push.serving_dir",
+            f"outside data.data_root={d.data_root!r} (pushed models would be ingested as images next run)",
+        )
         k = self.kubeflow
         _check(k.gpu_count, k.gpu_count >= 0, "kubeflow.gpu_count", "non-negative")
         _check(k.trainer_cpu, k.trainer_cpu > 0, "kubeflow.trainer_cpu", "positive")
@@ -337,6 +346,13 @@ def span_window(spans: str) -> Optional[int]:
     if text.isdigit() and int(text) >= 1:
         return int(text)
     return 0
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    if not path or not folder or "://" in path or "://" in folder:
+        return False
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _one_of(allowed: Iterable[str]) -> str:

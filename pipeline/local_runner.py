@@ -6,10 +6,14 @@ did not change are not executed again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
+import socket
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -287,6 +291,50 @@ def preflight_weights(config: PipelineConfig, progress: Callable[[str], None] = 
     progress(f"base {config.trainer.base_model} with weights: {weights}")
 
 
+LOCK_FILE = ".ftune.lock"
+
+
+class PipelineBusyError(RuntimeError):
+    """Another `ftune` process is running a pipeline on the same pipeline root (the message names it)."""
+
+
+@contextlib.contextmanager
+def pipeline_lock(pipeline_root: str):
+    """Holds `<pipeline_root>/.ftune.lock` for the duration of a run, so two runs never share one MLMD database
+    and one serving folder at once. An OS lock (flock): a killed run's lock goes with its process, and the file
+    left behind only records who held it last. Raises PipelineBusyError naming the holder (pid, host, start)."""
+    os.makedirs(pipeline_root, exist_ok=True)
+    path = os.path.join(pipeline_root, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        raise PipelineBusyError(
+            f"another ftune run is using the pipeline root {pipeline_root}: pid {holder.get('pid', '?')} on host "
+            f"{holder.get('host', '?')}, started {holder.get('started', '?')} ({holder.get('command', '')}). Wait "
+            f"for it to finish or stop that process; two runs at once would share one metadata store and one "
+            f"serving folder (lock file: {path})"
+        ) from None
+    try:
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv[:3]),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield record
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
     if isinstance(value, dict):
         flat: Dict[str, Any] = {}
@@ -351,12 +399,18 @@ def run_local(
     and the settings with the served version's record; when both are the same nothing runs and the result is
     {'skipped': True, 'served_version': N, 'message': ...}. `force` also turns MLMD's cache off, so every
     component executes again."""
+    config.validate().absolute_paths()
+    with pipeline_lock(config.pipeline_root):
+        return _run_local_locked(config, stop_after, progress, force)
+
+
+def _run_local_locked(
+    config: PipelineConfig, stop_after: str, progress: Callable[[str], None], force: Optional[bool]
+) -> Dict:
     from tfx import v1 as tfx
 
     from components.image_example_gen import resolve_split_mode, select_spans
 
-    config.validate().absolute_paths()
-    os.makedirs(config.pipeline_root, exist_ok=True)
     if stop_after != "ingest":
         from trainer.weights import resolve_weights
 

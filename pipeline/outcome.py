@@ -8,6 +8,7 @@ A CronJob, a CI job or a script tells outcomes apart by the exit code alone:
     2  EXIT_INVALID_SETTINGS a setting, flag or config file is wrong, e.g. a weights file that is not there
     3  EXIT_UNUSABLE_INPUT   the input cannot be used: data folder missing or unusable, no weights obtainable
     4  EXIT_GATE_REFUSED     the pipeline ran, the gate refused the model, nothing was pushed
+    5  EXIT_BUSY             another `ftune run` holds the pipeline root's lock (named in the message): try later
 
 The run summary data (`report_data(...)["outcome"]`, `--json` output) carries the same outcome by name.
 """
@@ -21,6 +22,7 @@ EXIT_ERROR = 1
 EXIT_INVALID_SETTINGS = 2
 EXIT_UNUSABLE_INPUT = 3
 EXIT_GATE_REFUSED = 4
+EXIT_BUSY = 5
 
 # Outcome names of a finished `ftune run` (the run summary's "outcome.status").
 PUSHED = "pushed"

@@ -66,6 +66,7 @@ def create_pipeline(
         max_quarantine_fraction=data.max_quarantine_fraction,
         max_image_pixels=data.max_image_pixels,
         spans=data.spans,
+        max_file_bytes=data.max_file_bytes,
     )
     components.append(example_gen)
 
@@ -84,7 +85,7 @@ def create_pipeline(
             examples=example_gen.outputs["examples"],
             schema=schema_gen.outputs["schema"],
             preprocessing_fn=PREPROCESSING_FN,
-            custom_config={"image_size": config.trainer.image_size},
+            custom_config={"image_size": config.trainer.image_size, "max_image_pixels": data.max_image_pixels},
             # Statistics over serialized image tensors say nothing useful and cost a pass over the data.
             disable_statistics=True,
         )

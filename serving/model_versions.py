@@ -13,8 +13,11 @@ Serving's own check for `saved_model.pb` (copied last) is what protects a poller
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
+import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -74,7 +77,9 @@ def push(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any
 def push_to_object_store(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
     """gs:// or s3://: no atomic rename, so copy saved_model.pb last (TF Serving loads a version only once that
     file exists), as TFX's own Pusher does."""
-    version = (served_versions(serving_model_dir) or [0])[-1] + 1
+    # Above every integer name, complete or not (fileio: gs:// and s3:// too).
+    names = [n.rstrip("/") for n in fileio.listdir(serving_model_dir)] if fileio.isdir(serving_model_dir) else []
+    version = max([int(n) for n in names if n.isdigit()] or [0]) + 1
     target = os.path.join(serving_model_dir, str(version))
     io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb$"])
     if record is not None:
@@ -83,15 +88,87 @@ def push_to_object_store(model_path: str, serving_model_dir: str, record: Option
     return version
 
 
+def numeric_names(serving_model_dir: str) -> List[int]:
+    """Every integer-named entry, complete or not: a new version must go above all of them, since TF Serving
+    would load a partial folder the moment its copy completes (and a rename onto it fails)."""
+    if not os.path.isdir(serving_model_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(serving_model_dir) if name.isdigit())
+
+
+def partial_versions(serving_model_dir: str) -> List[int]:
+    """Integer-named folders without a saved_model.pb: a manual copy that died, a half-synced volume."""
+    complete = set(served_versions(serving_model_dir))
+    return [v for v in numeric_names(serving_model_dir) if v not in complete]
+
+
+# A staging folder is `.staging-<host>-<pid>-<random>`: a later push removes the ones whose process is gone.
+STALE_STAGING_AGE_S = 24 * 3600
+_MAX_PUSH_ATTEMPTS = 100
+
+
+def _staging_name() -> str:
+    return f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def clean_stale_staging(serving_model_dir: str, now: Optional[float] = None) -> List[str]:
+    """Removes staging folders left by a killed push: this host's whose process no longer runs, and any older
+    than a day (another host's, or an old-style name). Returns the removed names."""
+    if not os.path.isdir(serving_model_dir):
+        return []
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    removed = []
+    for name in os.listdir(serving_model_dir):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        path = os.path.join(serving_model_dir, name)
+        parts = name[len(STAGING_PREFIX) :].rsplit("-", 2)
+        dead = len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _process_alive(int(parts[1]))
+        try:
+            old = now - os.stat(path).st_mtime > STALE_STAGING_AGE_S
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    if removed:
+        logging.warning("Pusher: removed staging folders left by an interrupted push: %s", sorted(removed))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
-    """Copies model_path to serving_model_dir/<next version> via a staged rename; returns the version."""
+    """Copies model_path to serving_model_dir/<next version> via a staged rename; returns the version.
+
+    The next version is above the highest integer-named folder, complete or not (a partial one is reported, not
+    touched). A failed copy (disk full, I/O error) removes its staging folder: no partial version appears.
+    `record` (serving/model_record.py) is written inside the staged copy: the version appears with it or not at all."""
     os.makedirs(serving_model_dir, exist_ok=True)
-    staging = os.path.join(serving_model_dir, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+    clean_stale_staging(serving_model_dir)
+    partial = partial_versions(serving_model_dir)
+    if partial:
+        logging.warning(
+            "Pusher: %s holds version folder(s) %s without a saved_model.pb (an interrupted copy?); TF Serving "
+            "ignores them, the new version goes above them",
+            serving_model_dir,
+            partial,
+        )
+    staging = os.path.join(serving_model_dir, _staging_name())
     try:
         # The model is an artifact (gs:// on Kubeflow): read it through TFX's filesystem layer.
         io_utils.copy_dir(model_path, staging)
-        while True:
-            version = (served_versions(serving_model_dir) or [0])[-1] + 1
+        for _ in range(_MAX_PUSH_ATTEMPTS):
+            version = (numeric_names(serving_model_dir) or [0])[-1] + 1
             target = os.path.join(serving_model_dir, str(version))
             if record is not None:
                 # Inside the staged copy, so the version appears with its record or not at all.
@@ -104,6 +181,7 @@ def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Di
             except OSError:
                 if not os.path.exists(target):
                     raise
+        raise RuntimeError(f"could not find a free version number in {serving_model_dir} ({_MAX_PUSH_ATTEMPTS} tries)")
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)

@@ -29,6 +29,10 @@ class WeightsUnavailableError(RuntimeError):
     """The ImageNet weights could not be downloaded (typically: no network access)."""
 
 
+class WeightsFileError(ConfigError):
+    """A local weights file cannot be loaded into the chosen base: truncated, corrupt, or for another network."""
+
+
 def resolve_weights(setting: str) -> Optional[str]:
     """Turns the `trainer.weights` setting into what `keras.applications` accepts.
 
@@ -70,6 +74,14 @@ def build_base(
     try:
         return constructor(input_shape=input_shape, include_top=False, weights=weights, name=name)
     except Exception as exc:  # keras.utils.get_file raises a bare Exception on URL fetch failures.
+        if weights not in (IMAGENET, None) and _builds_without(constructor, input_shape, name):
+            raise WeightsFileError(
+                f"weights file {weights} cannot be loaded into the {constructor.__name__} base "
+                f"(input {input_shape}): it is truncated or corrupt, or holds the weights of another network "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}). "
+                "Set trainer.base_model to the network the file is for, or pass the right file with --weights "
+                f"(trainer.weights) or {WEIGHTS_ENV_VAR}"
+            ) from exc
         if weights != IMAGENET or not _is_download_failure(exc):
             raise
         raise WeightsUnavailableError(
@@ -79,6 +91,15 @@ def build_base(
             "Training on a randomly initialised frozen base would only give a chance-level model, "
             "so there is no fallback."
         ) from exc
+
+
+def _builds_without(constructor: Callable[..., keras.Model], input_shape, name: str) -> bool:
+    """Whether the base builds with random weights, i.e. the weights file (not the shape) was the problem."""
+    try:
+        constructor(input_shape=input_shape, include_top=False, weights=None, name=name)
+    except Exception:
+        return False
+    return True
 
 
 def _is_download_failure(exc: Exception) -> bool:
