@@ -171,6 +171,7 @@ def run_executor(tmp_path, data_root: str, max_quarantine_fraction: float = 0.1)
         standard_component_specs.OUTPUT_FILE_FORMAT_KEY: example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         eg.MAX_QUARANTINE_FRACTION_KEY: max_quarantine_fraction,
         eg.MAX_IMAGE_PIXELS_KEY: 50_000_000,
+        eg.MAX_FILE_BYTES_KEY: 100_000_000,
     }
     eg.Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
     return examples.uri
