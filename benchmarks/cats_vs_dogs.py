@@ -17,9 +17,8 @@ import json
 import os
 import sys
 import tempfile
-import time
 
-from common import check_headline_overrides, git_commit, machine, run_measured, versions
+from common import add_settings_option, check_headline_overrides, run_measured, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -35,14 +34,7 @@ def main() -> None:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
     parser.add_argument("--work-dir", help="pipeline root and logs (default: a new temporary folder)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="pipeline setting (repeatable); with any, --output must name another file than the headline JSON",
-    )
+    add_settings_option(parser)
     parser.add_argument("--skip-baseline", action="store_true", help="run only the pipeline")
     args = parser.parse_args()
     for path in (args.data, args.weights):
@@ -117,20 +109,7 @@ def main() -> None:
                 "wall_time_ratio": round(pipeline["wall_s"] / baseline["wall_s"], 3),
             }
         )
-    result.update(
-        {
-            "machine": machine(),
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "data": args.data,
-            "weights": args.weights,
-            "work_dir": work,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        }
-    )
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_results(args.output, result, args.overrides, data=args.data, weights=args.weights, work_dir=work)
     print(json.dumps(result, indent=2))
 
 

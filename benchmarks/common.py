@@ -7,6 +7,8 @@ every results file records its overrides (`overrides`, `defaults`).
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import subprocess
@@ -27,6 +29,35 @@ def check_headline_overrides(overrides: Sequence[str], output: str, headline_out
             f"{headline_output} is the headline result and holds runs with the default settings only; "
             f"with --set {' --set '.join(overrides)} pass --output OTHER.json"
         )
+
+
+def add_settings_option(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` (repeatable) into args.overrides: pipeline settings that make a run not the headline."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline setting (repeatable); with any, --output must name another file than the headline JSON",
+    )
+
+
+def write_results(path: str, result: Dict[str, Any], overrides: Sequence[str], **inputs: Any) -> None:
+    """Writes `result` as JSON with what makes it reproducible: the overrides (and whether it ran with the
+    defaults), the inputs named, the machine, the versions, the git commit and the date."""
+    result.update(inputs)
+    result.update(
+        overrides=list(overrides),
+        defaults=not overrides,
+        machine=machine(),
+        versions=versions(),
+        git_commit=git_commit(),
+        date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
 
 
 def run_measured(cmd: List[str], log_path: str) -> Dict[str, float]:

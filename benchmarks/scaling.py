@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Tuple
 
-from common import check_headline_overrides, git_commit, machine, run_measured, versions
+from common import add_settings_option, check_headline_overrides, run_measured, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -149,14 +149,7 @@ def main() -> None:
     parser.add_argument("--work-dir", help="generated data, pipeline roots, logs (default: a new temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes generating images")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="pipeline setting (repeatable); with any, --output must name another file than the headline JSON",
-    )
+    add_settings_option(parser)
     args = parser.parse_args()
     for path in (args.source, args.weights):
         if not os.path.exists(path):
@@ -171,18 +164,8 @@ def main() -> None:
         "runs": runs,
         "time_per_image_ratio_largest_to_smallest": round(largest["s_per_image"] / smallest["s_per_image"], 3),
         "targets": {"time_per_image_ratio": "<= 1.0", "peak_rss_mb_at_32000": f"<= {RSS_TARGET_MB}"},
-        "overrides": list(args.overrides),
-        "defaults": not args.overrides,
-        "machine": machine(),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "source": args.source,
-        "work_dir": work,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_results(args.output, result, args.overrides, source=args.source, work_dir=work)
     plot(runs, os.path.splitext(args.output)[0] + ".png")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 

@@ -20,10 +20,9 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Dict, List
 
-from common import check_headline_overrides, classification_metrics, git_commit, machine, run_measured, versions
+from common import add_settings_option, check_headline_overrides, classification_metrics, run_measured, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -120,14 +119,7 @@ def main() -> None:
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
     parser.add_argument("--work-dir", help="split folder, pipeline roots and logs (default: a new temporary folder)")
     parser.add_argument("--seeds", type=int, nargs="+", help="trainer seeds, one pipeline run each (default: 42)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="pipeline setting (repeatable); with any, --output must name another file than the headline JSON",
-    )
+    add_settings_option(parser)
     args = parser.parse_args()
     for path in (args.data, args.weights):
         if not os.path.exists(path):
@@ -148,19 +140,8 @@ def main() -> None:
         "targets": TARGETS,
         "runs": runs,
         "split": {"rule": f"sha256(class/file) mod 100 < {EVAL_PERCENT} -> validation", "counts": counts},
-        "overrides": list(args.overrides),
-        "defaults": not args.overrides,
-        "machine": machine(),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "data": args.data,
-        "weights": args.weights,
-        "work_dir": work,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_results(args.output, result, args.overrides, data=args.data, weights=args.weights, work_dir=work)
     print(json.dumps(result["summary"], indent=2))
 
 

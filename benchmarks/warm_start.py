@@ -21,13 +21,13 @@ import json
 import os
 import sys
 import tempfile
-import time
 from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from cats_vs_dogs import DEFAULT_DATA, DEFAULT_WEIGHTS, REPO, git_commit, machine, run_measured, versions  # noqa: E402
+from cats_vs_dogs import DEFAULT_DATA, DEFAULT_WEIGHTS, REPO  # noqa: E402
+from common import add_settings_option, run_measured, write_results  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "warm_start.json")
 
@@ -85,9 +85,7 @@ def main() -> None:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
     parser.add_argument("--work-dir", help="data spans, pipeline roots and logs (default: a new temporary folder)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="extra pipeline setting"
-    )
+    add_settings_option(parser)
     args = parser.parse_args()
     for path in (args.data, args.weights):
         if not os.path.exists(path):
@@ -113,20 +111,7 @@ def main() -> None:
     results["spans12_cold"] = measured_run(
         "spans12_cold", spans_dir, os.path.join(work, "root_cold"), args.weights, settings, work
     )
-    results.update(
-        {
-            "machine": machine(),
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "data": args.data,
-            "weights": args.weights,
-            "work_dir": work,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        }
-    )
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(args.output, results, args.overrides, data=args.data, weights=args.weights, work_dir=work)
     print(f"[bench] wrote {args.output}", flush=True)
 
 
