@@ -1,6 +1,9 @@
 """Shared test fixtures. Tests run the real components on small generated data; nothing touches the network."""
 
+import hashlib
 import os
+import sys
+from typing import Iterable, List
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,3 +28,25 @@ def pretrained_weights_path() -> str:
             "mobilenet_v2_1.0_224_no_top.h5"
         )
     return os.path.abspath(path)
+
+
+def ftune_run_command(root, settings: Iterable[str] = (), *extra: str) -> List[str]:
+    """`python -m pipeline.cli run` on pipeline root `root` with the shared weights and `--set` for each setting."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--pipeline-root", str(root), "--weights"]
+    cmd.append(pretrained_weights_path())
+    for item in settings:
+        cmd += ["--set", item]
+    return cmd + list(extra)
+
+
+def tree_digest(path) -> str:
+    """Hash of every file's relative path and bytes below path: equal digests mean a byte-identical tree."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in sorted(os.walk(path)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()

@@ -33,7 +33,7 @@ import image_corpus
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+from conftest import IN_MEMORY_BEAM, REPO, ftune_run_command, pretrained_weights_path
 from PIL import Image
 
 from components import image_example_gen as eg
@@ -658,22 +658,6 @@ CRASH_SETTINGS = [
 KILLED_COMPONENTS = ("ImageExampleGen", "Transform", "Pusher")
 
 
-def ftune_run_command(root) -> List[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        "--pipeline-root",
-        str(root),
-        "--weights",
-        pretrained_weights_path(),
-    ]
-    for item in CRASH_SETTINGS:
-        cmd += ["--set", item]
-    return cmd
-
-
 @pytest.fixture(scope="module")
 def crash_runs(tmp_path_factory):
     """For each killed component: start `ftune run`, SIGKILL it when the component starts. The first time, the run
@@ -683,7 +667,7 @@ def crash_runs(tmp_path_factory):
     outcomes = {}
     for component in KILLED_COMPONENTS:
         process = subprocess.Popen(
-            ftune_run_command(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ftune_run_command(root, CRASH_SETTINGS), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip
         seen, deadline = [], time.time() + 400
@@ -693,7 +677,7 @@ def crash_runs(tmp_path_factory):
                 if component == KILLED_COMPONENTS[0]:
                     os.killpg(process.pid, signal.SIGSTOP)  # frozen while holding the lock
                     outcomes["concurrent"] = subprocess.run(
-                        ftune_run_command(root), cwd=REPO, capture_output=True, text=True, timeout=180
+                        ftune_run_command(root, CRASH_SETTINGS), cwd=REPO, capture_output=True, text=True, timeout=180
                     )
                 os.killpg(process.pid, signal.SIGKILL)
                 break
@@ -702,7 +686,9 @@ def crash_runs(tmp_path_factory):
         process.wait(timeout=60)
         outcomes[component] = (process.returncode, process.pid, "".join(seen[-20:]))
     started = time.time()
-    final = subprocess.run(ftune_run_command(root), cwd=REPO, capture_output=True, text=True, timeout=600)
+    final = subprocess.run(
+        ftune_run_command(root, CRASH_SETTINGS), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     outcomes["final"] = final
     outcomes["final_s"] = time.time() - started
     return root, outcomes

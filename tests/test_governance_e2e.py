@@ -11,7 +11,6 @@
 plus the exit codes for invalid settings and unusable input.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path, tree_digest
 
 from components.image_example_gen import input_fingerprint, make_input_config
 from pipeline import outcome
@@ -64,18 +63,6 @@ def presplit_data(path, classes):
     generate_sample_data(str(path / "train"), classes=classes, per_class=TRAIN_PER_CLASS, seed=0)
     generate_sample_data(str(path / "validation"), classes=classes, per_class=EVAL_PER_CLASS, seed=1)
     return path
-
-
-def tree_digest(path):
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(path)):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
 
 
 def record_of(config, version):

@@ -12,7 +12,6 @@ alone puts the project on the tasks' PYTHONPATH (the image installs the same whe
    never cached (the spec says so), so no downstream cache key can match -- what a scheduled run does on KFP.
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import zipfile
 
 import pytest
-from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path, tree_digest
 from kfp_spec_harness import execute, read_package
 
 pytestmark = pytest.mark.slow
@@ -145,18 +144,6 @@ def run(setup, **params):
         image_env=setup["env"],
         volumes={PVC: str(setup["volume"])},
     )
-
-
-def tree_digest(path):
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(path)):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,17 @@
 plus train/serve skew and the atomic push under a polling reader.
 """
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+from conftest import IN_MEMORY_BEAM, REPO, ftune_run_command, tree_digest
 
 from pipeline import outcome
 from pipeline.configs import PipelineConfig
@@ -44,32 +42,8 @@ COMMON = [
 
 
 def ftune_run(root, *overrides, timeout=600):
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        "--pipeline-root",
-        str(root),
-        "--weights",
-        pretrained_weights_path(),
-    ]
-    for item in list(COMMON) + list(overrides):
-        cmd += ["--set", item]
+    cmd = ftune_run_command(root, list(COMMON) + list(overrides))
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def tree_digest(path):
-    """Hash of every file's relative path and bytes below path."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(path)):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
 
 
 def versions(config):
@@ -103,18 +77,7 @@ def config(root):
 @pytest.fixture(scope="module")
 def resumed_first_run(root, config):
     """Run 1 killed with SIGKILL once the Trainer starts, then the same command again."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        "--pipeline-root",
-        str(root),
-        "--weights",
-        pretrained_weights_path(),
-    ]
-    for item in COMMON:
-        cmd += ["--set", item]
+    cmd = ftune_run_command(root, COMMON)
     process = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
