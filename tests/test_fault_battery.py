@@ -37,6 +37,7 @@ from conftest import IN_MEMORY_BEAM, REPO, ftune_run_command, pretrained_weights
 from PIL import Image
 
 from components import image_example_gen as eg
+from pipeline import outcome
 from pipeline.configs import ConfigError, PipelineConfig, load_config
 from pipeline.local_runner import PipelineBusyError, pipeline_lock, run_local
 from serving import model_versions
@@ -712,7 +713,7 @@ def check_concurrent_refused(crash_runs):
     _, outcomes = crash_runs
     second = outcomes["concurrent"]
     holder_pid = outcomes[KILLED_COMPONENTS[0]][1]
-    assert second.returncode == 2, second.stdout[-1000:] + second.stderr[-1000:]
+    assert second.returncode == outcome.EXIT_BUSY, second.stdout[-1000:] + second.stderr[-1000:]
     assert "another ftune run is using the pipeline root" in second.stderr
     assert f"pid {holder_pid} " in second.stderr, second.stderr[-1000:]
 
@@ -721,7 +722,7 @@ CRASH_ROWS = [
     Row("crash", f"SIGKILL during {c}", f"`kill -9` of the run when {c} starts; same command again", "the re-run completes and exactly one version is served", check_killed(c))
     for c in KILLED_COMPONENTS
 ] + [
-    Row("crash", "Second `ftune run` on a live pipeline root", "second process started while the first runs", "exit code 2, message naming the first run's pid", check_concurrent_refused),
+    Row("crash", "Second `ftune run` on a live pipeline root", "second process started while the first runs", "exit code 5 (busy), message naming the first run's pid", check_concurrent_refused),
 ]  # fmt: skip
 
 
