@@ -89,7 +89,7 @@ def listed(root) -> List[tuple]:
 def read_and_inspect(path: str, max_file_bytes: int = 10_000_000):
     """Runs the ExampleGen DoFn on one file; returns the quarantine reason, or None when accepted."""
     root, name = os.path.split(path)
-    fn = eg._ReadAndInspect(os.path.dirname(root), "", "all", ["cats", "dogs"], 50_000_000, max_file_bytes)
+    fn = eg._ReadAndInspect(os.path.dirname(root), "all", ["cats", "dogs"], 50_000_000, max_file_bytes)
     out = list(fn.process(("cats", os.path.join(os.path.basename(root), name))))
     assert len(out) == 1
     if isinstance(out[0], tf.train.Example):
