@@ -674,7 +674,7 @@ def crash_runs(tmp_path_factory):
         seen, deadline = [], time.time() + 400
         for line in process.stdout:
             seen.append(line)
-            if f"Component {component} is running" in line:
+            if line.rstrip().endswith(f" {component} started"):  # the console line for "Component X is running"
                 if component == KILLED_COMPONENTS[0]:
                     os.killpg(process.pid, signal.SIGSTOP)  # frozen while holding the lock
                     outcomes["concurrent"] = subprocess.run(
