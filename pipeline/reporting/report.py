@@ -633,31 +633,27 @@ def grid_shape(count: int) -> Tuple[int, int]:
 def plot_eval_grid(grid: List[Dict[str, Any]], path: str, predictions: Optional[Dict[str, Any]] = None) -> str:
     """Eval images titled "pred: X / true: Y", in red when wrong; wrong ones come first in `grid`.
     `predictions` (the counts over all predicted examples) only feeds the figure title."""
-    rows, columns = grid_shape(len(grid))
-    fig = _new_figure((GRID_CELL_SIZE[0] * columns, GRID_CELL_SIZE[1] * rows))
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index >= len(grid):
-            continue
-        entry = grid[index]
-        wrong = entry["true"] != entry["predicted"]
-        ax.imshow(_thumbnail(entry["image"]))
-        ax.set_title(
-            f"pred: {_short(entry['predicted'], 18)}\ntrue: {_short(entry['true'], 18)}",
-            fontsize=9,
-            color="red" if wrong else "darkgreen",
-            fontweight="bold" if wrong else "normal",
-        )
-    fig.suptitle(_grid_title(grid, predictions), fontsize=11)
-    fig.savefig(path)
-    return path
+
+    def caption(entry: Dict[str, Any]) -> str:
+        return f"pred: {_short(entry['predicted'], 18)}\ntrue: {_short(entry['true'], 18)}"
+
+    return _image_grid(grid, path, _grid_title(grid, predictions), caption, bold_wrong=True, extra_height=0.0)
 
 
 def plot_ranked_images(entries: List[Dict[str, Any]], path: str, title: str) -> str:
     """Images titled "true: X / pred: Y (97%)", in the order given (most telling first)."""
+
+    def caption(entry: Dict[str, Any]) -> str:
+        predicted = f"{_short(entry['predicted'], 16)} ({entry['probability']:.1%})"
+        return f"true: {_short(entry['true'], 16)}\npred: {predicted}"
+
+    return _image_grid(entries, path, title, caption, bold_wrong=False, extra_height=0.4)
+
+
+def _image_grid(entries, path: str, title: str, caption, bold_wrong: bool, extra_height: float) -> str:
+    """One figure of thumbnails, each captioned by `caption(entry)`, red when the prediction is wrong."""
     rows, columns = grid_shape(len(entries))
-    fig = _new_figure((GRID_CELL_SIZE[0] * columns, GRID_CELL_SIZE[1] * rows + 0.4))
+    fig = _new_figure((GRID_CELL_SIZE[0] * columns, GRID_CELL_SIZE[1] * rows + extra_height))
     axes = fig.subplots(rows, columns, squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -667,9 +663,10 @@ def plot_ranked_images(entries: List[Dict[str, Any]], path: str, title: str) -> 
         wrong = entry["true"] != entry["predicted"]
         ax.imshow(_thumbnail(entry["image"]))
         ax.set_title(
-            f"true: {_short(entry['true'], 16)}\npred: {_short(entry['predicted'], 16)} ({entry['probability']:.1%})",
+            caption(entry),
             fontsize=9,
             color="red" if wrong else "darkgreen",
+            fontweight="bold" if wrong and bold_wrong else "normal",
         )
     fig.suptitle(title, fontsize=11)
     fig.savefig(path)
