@@ -209,7 +209,13 @@ def write_model_files(
 # TrainerConfig fields a Kubeflow run may override as run parameters. TFX 1.16 can only make a *whole* execution
 # property a RuntimeParameter (nothing nested inside custom_config), so each overridable knob is its own
 # execution property; None keeps custom_config's value.
-RUNTIME_OVERRIDES = {"phase1_epochs": int, "phase2_epochs": int, "learning_rate": float}
+RUNTIME_OVERRIDES = {
+    "phase1_epochs": int,
+    "phase2_epochs": int,
+    "warm_phase1_epochs": int,
+    "warm_phase2_epochs": int,
+    "learning_rate": float,
+}
 
 
 class FineTuneTrainerSpec(standard_component_specs.TrainerSpec):

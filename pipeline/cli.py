@@ -14,6 +14,9 @@ from typing import List, Optional, Tuple
 
 from pipeline import outcome
 from pipeline.configs import ConfigError, PipelineConfig, load_config
+from pipeline.kubeflow_v2_runner import RUNTIME_KNOBS
+
+RUN_PARAMETERS = ", ".join(RUNTIME_KNOBS)
 
 
 def _add_config_options(parser: argparse.ArgumentParser, kubeflow: bool = False) -> None:
@@ -100,8 +103,7 @@ def _add_kfp_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="run parameter, repeatable: data_root, phase1_epochs, phase2_epochs, learning_rate, "
-        "accuracy_floor (default: the values compiled into the package)",
+        help=f"run parameter, repeatable: {RUN_PARAMETERS} (default: the values compiled into the package)",
     )
     parser.add_argument("--pipeline-root", metavar="URI", help="artifact root for this run (default: the package's)")
 
@@ -483,8 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile the pipeline with TFX's KubeflowV2DagRunner into a KFP v2 package for "
         "open-source Kubeflow Pipelines: the Trainer on the GPU pool (kubeflow.*), the "
         "models PVC on the Pusher and the served-model baseline, run parameters "
-        "data_root, phase1_epochs, phase2_epochs, learning_rate and accuracy_floor with "
-        "the configured values as defaults. Nothing is contacted.",
+        f"{RUN_PARAMETERS} with the configured values as defaults. Nothing is contacted.",
     )
     _add_config_options(p, kubeflow=True)
     p.add_argument(

@@ -42,6 +42,9 @@ RUNTIME_KNOBS: Dict[str, Tuple[str, str, type]] = {
     "data_root": ("data", "data_root", str),
     "phase1_epochs": ("trainer", "phase1_epochs", int),
     "phase2_epochs": ("trainer", "phase2_epochs", int),
+    # A run that warm-starts from the served model trains these instead of phase1/phase2_epochs.
+    "warm_phase1_epochs": ("trainer", "warm_phase1_epochs", int),
+    "warm_phase2_epochs": ("trainer", "warm_phase2_epochs", int),
     "learning_rate": ("trainer", "learning_rate", float),
     "accuracy_floor": ("eval", "accuracy_floor", float),
 }

@@ -6,10 +6,11 @@ alone puts the project on the tasks' PYTHONPATH (the image installs the same whe
 
 1. execution 1 with the compiled defaults: every task runs, the model is blessed, version 1 lands on the serving
    volume, and its `serving_default` signature names the right class for images it never saw;
-2. execution 2 of the same package with other run parameters (1 epoch, no fine-tuning, accuracy_floor=1.0): the
-   Trainer trains what the parameters say, the Evaluator compares against the served version 1 and refuses, and
-   the serving volume is left exactly as it was. With unchanged data every task runs again: ImageExampleGen is
-   never cached (the spec says so), so no downstream cache key can match -- what a scheduled run does on KFP.
+2. execution 2 of the same package with other run parameters (1 warm epoch, no fine-tuning, accuracy_floor=1.0):
+   the Trainer warm-starts from the served version 1 and trains what the parameters say, the Evaluator compares
+   against the served version 1 and refuses, and the serving volume is left exactly as it was. With unchanged
+   data every task runs again: ImageExampleGen is never cached (the spec says so), so no downstream cache key can
+   match -- what a scheduled run does on KFP.
 """
 
 import json
@@ -154,7 +155,8 @@ def first(setup):
 @pytest.fixture(scope="module")
 def second(setup, first):
     before = tree_digest(setup["volume"])
-    execution = run(setup, phase1_epochs=1, phase2_epochs=0, accuracy_floor=1.0)
+    # Version 1 is served, so the Trainer warm-starts (trainer.warm_start=auto) and trains the warm epoch counts.
+    execution = run(setup, warm_phase1_epochs=1, warm_phase2_epochs=0, accuracy_floor=1.0)
     return execution, before, tree_digest(setup["volume"])
 
 
@@ -276,8 +278,10 @@ def test_pushed_model_answers_from_serving_default(first, setup):
 
 def test_other_run_parameters_change_what_runs_and_push_nothing(first, second, setup):
     execution, before, after = second
-    assert execution.parameters["phase1_epochs"] == 1 and execution.parameters["accuracy_floor"] == 1.0
+    assert execution.parameters["warm_phase1_epochs"] == 1 and execution.parameters["accuracy_floor"] == 1.0
     trained = history(execution)
+    # The served-model baseline reached the Trainer: it started from version 1's weights.
+    assert trained["warm_start"]["from_version"] == 1, trained["warm_start"]
     assert trained["phase"] == [1] and trained["phase2_start_epoch"] is None  # 1 epoch, no fine-tuning
     # The baseline is the version the first execution pushed, and the gate compared against it.
     baseline = execution.artifact("ServedModelBaseline", "baseline_model")

@@ -119,7 +119,8 @@ def test_html_shows_figures_classes_gate_and_escaped_quarantine(run):
     assert html.escape(gate["decision"]) in page
     assert ("NOT BLESSED" in page) != gate["blessed"]
     assert f"accuracy floor</th><td>{gate['accuracy_floor']:.3f}" in page
-    assert "none served" in page
+    # First run: nothing served, so the per-class comparison says so instead of showing an empty table.
+    assert "No model was served when this one was evaluated" in page
     # The quarantine entry: path and reason, escaped.
     entry = data["ingestion"]["quarantined"][0]
     assert html.escape(entry["path"]) in page and html.escape(entry["reason"]) in page
@@ -189,8 +190,10 @@ def test_summary_lines(run):
     lines = report.summary_lines(data)
     assert lines[0].startswith("ingestion: 80 accepted (") and "1 quarantined" in lines[0]
     assert "after phase 1" in lines[1] and "after phase 2" in lines[1]
-    assert lines[2] == f"gate: {data['gate']['decision']}"
-    assert (data["push"]["destination"] in lines[3]) if data["push"]["pushed"] else "nothing pushed" in lines[3]
+    assert lines[2] == f"warm start: {data['training']['warm_start']['reason']}"
+    assert lines[2].startswith("warm start: cold start")  # nothing served before this run
+    assert lines[3] == f"gate: {data['gate']['decision']}"
+    assert (data["push"]["destination"] in lines[4]) if data["push"]["pushed"] else "nothing pushed" in lines[4]
 
 
 # --- partial runs ----------------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ COMMON = [
     f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
     "eval.accuracy_floor=0.5",
     "eval.max_accuracy_drop=0.2",
+    # About 5 eval images per class: one image is a recall step of 0.2, so the default 0.1 allowed drop would make
+    # the warm run's push depend on a single image. This module tests spans and warm starts, not the gate.
+    "eval.max_class_recall_drop=0.45",
 ]
 
 

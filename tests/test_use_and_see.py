@@ -414,7 +414,9 @@ def test_tflite_is_gated_on_its_accuracy_against_the_saved_model(run):
     # Recomputed here, independently: the interpreter on the eval split's images as documented (RGB, bilinear to
     # S x S, float32 in [0, 255]), and the served SavedModel on the same files.
     evals = _eval_images(config)
-    images = decode_and_resize(tf.constant([e[1] for e in evals]), config.trainer.image_size).numpy()
+    images = decode_and_resize(
+        tf.constant([e[1] for e in evals]), config.trainer.image_size, config.data.max_image_pixels
+    ).numpy()
     labels = np.array([e[2] for e in evals])
     with open(pushed, "rb") as f:
         lite_accuracy = float(np.mean(predicted_classes(tflite_logits(f.read(), images.astype(np.float32))) == labels))
