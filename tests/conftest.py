@@ -50,3 +50,50 @@ def tree_digest(path) -> str:
             with open(full, "rb") as f:
                 digest.update(f.read())
     return digest.hexdigest()
+
+
+# --- one small pipeline run, shared ---------------------------------------------------------------------------
+
+# The run behind test_report.py and test_use_and_see.py: a whole pipeline through `ftune run --json` costs minutes,
+# so both modules read the same one. Generated sample data (2 classes x 40) plus one file that is not an image (its
+# path has characters HTML must escape), 96 px, int8 TFLite on, Beam in multi-processing mode with 2 workers (so
+# that worker start-up noise on the console would show).
+SMALL_RUN_PER_CLASS = 40
+SMALL_RUN_BAD_FILE = 'not <an> image & "quoted".jpg'
+SMALL_RUN_PHASE1, SMALL_RUN_PHASE2 = 3, 2
+SMALL_RUN_SETTINGS = [
+    "data.sample_classes=2",
+    f"data.sample_per_class={SMALL_RUN_PER_CLASS}",
+    "data.max_quarantine_fraction=0.05",  # 1 bad file of 81
+    "trainer.image_size=96",
+    "trainer.batch_size=16",
+    f"trainer.phase1_epochs={SMALL_RUN_PHASE1}",
+    f"trainer.phase2_epochs={SMALL_RUN_PHASE2}",
+    "eval.accuracy_floor=0",
+    "push.tflite=int8",
+    # A handful of eval images: one image is several points of accuracy, so the int8 gate gets room here.
+    "eval.max_tflite_accuracy_drop=0.25",
+    'beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]',
+]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """(config, completed `ftune run --json` process, its JSON summary) of the shared small run."""
+    import json
+    import subprocess
+
+    from pipeline.configs import load_config
+    from pipeline.local_runner import ensure_sample_data
+
+    root = tmp_path_factory.mktemp("small_run") / "root"
+    config = load_config(None, SMALL_RUN_SETTINGS + [f"pipeline_root={root}"]).absolute_paths()
+    # The same folder `ftune run` uses for sample data (it reuses a folder made with the same parameters).
+    data_root = ensure_sample_data(config, progress=lambda m: None)
+    first_class = sorted(d for d in os.listdir(data_root) if not d.startswith("."))[0]
+    with open(os.path.join(data_root, first_class, SMALL_RUN_BAD_FILE), "wb") as f:
+        f.write(b"plain text, not an image")
+    cmd = ftune_run_command(root, SMALL_RUN_SETTINGS, "--json")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return config, result, json.loads(result.stdout)

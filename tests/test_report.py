@@ -1,7 +1,7 @@
 """The run report: figures, HTML and numbers from a real small pipeline run, and partial runs reported as such.
 
-One real run (module fixture: in-memory Beam, 2 generated classes, 96 px, a few epochs, the shared MobileNetV2
-weights) with one bad file added to the images, so the quarantine list is not empty. Partial runs (stopped after
+The shared small run (conftest.small_run: 2 generated classes, 96 px, a few epochs, the shared MobileNetV2 weights)
+has one bad file among the images, so the quarantine list is not empty. Partial runs (stopped after
 the Trainer or after ingestion, or no run at all) are checked by narrowing that run's MLMD view.
 """
 
@@ -12,7 +12,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import IN_MEMORY_BEAM, pretrained_weights_path
+from conftest import SMALL_RUN_BAD_FILE as BAD_FILE
+from conftest import SMALL_RUN_PER_CLASS
+from conftest import SMALL_RUN_PHASE1 as PHASE1_EPOCHS
+from conftest import SMALL_RUN_PHASE2 as PHASE2_EPOCHS
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 from tensorflow_model_analysis.proto import validation_result_pb2
@@ -20,36 +23,19 @@ from tensorflow_model_analysis.proto import validation_result_pb2
 from components.fine_tune_trainer import HISTORY_FILE
 from components.image_example_gen import REPORT_FILE
 from pipeline.configs import PipelineConfig
-from pipeline.local_runner import ensure_sample_data, run_local
 from pipeline.reporting import report, run_records
 from pipeline.reporting.run_records import latest_artifact_uri
 
-# Characters that must be escaped in HTML: the quarantine table shows this path.
-BAD_FILE = 'not <an> image & "quoted".jpg'
-PHASE1_EPOCHS = 3
-PHASE2_EPOCHS = 2
+# BAD_FILE has characters that must be escaped in HTML: the quarantine table shows its path.
+ACCEPTED = 2 * SMALL_RUN_PER_CLASS
 TAB_GREEN = (44, 160, 44)  # matplotlib's "tab:green": the "start fine-tuning" marker
 RED = (255, 0, 0)  # titles of wrongly classified images
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """(config, index.html path, report_data) of one full pipeline run."""
-    config = PipelineConfig(
-        pipeline_root=str(tmp_path_factory.mktemp("report") / "root"), beam_args=list(IN_MEMORY_BEAM)
-    )
-    config.data.sample_classes = 2
-    config.data.sample_per_class = 40
-    config.data.max_quarantine_fraction = 0.05  # 1 bad file of 81
-    config.trainer.image_size = 96
-    config.trainer.phase1_epochs = PHASE1_EPOCHS
-    config.trainer.phase2_epochs = PHASE2_EPOCHS
-    config.trainer.weights = pretrained_weights_path()
-    data_root = ensure_sample_data(config, progress=lambda m: None)
-    first_class = sorted(d for d in os.listdir(data_root) if not d.startswith("."))[0]
-    with open(os.path.join(data_root, first_class, BAD_FILE), "wb") as f:
-        f.write(b"plain text, not an image")
-    run_local(config, progress=lambda m: None)
+def run(small_run):
+    """(config, index.html path, report_data) of the shared small run (conftest.small_run)."""
+    config, _, _ = small_run
     return config, report.write_report(config), report.report_data(config)
 
 
@@ -139,8 +125,8 @@ def test_report_data_matches_the_artifacts(run):
 
     ingest = _read_json(os.path.join(latest_artifact_uri(config, "ImageExampleGen", "examples"), REPORT_FILE))
     ing = data["ingestion"]
-    assert ing["accepted"] == ingest["accepted"] == 80
-    assert ing["scanned"] == 81 and ing["quarantined_count"] == 1
+    assert ing["accepted"] == ingest["accepted"] == ACCEPTED
+    assert ing["scanned"] == ACCEPTED + 1 and ing["quarantined_count"] == 1
     assert ing["quarantined"][0]["path"].endswith(BAD_FILE)
     assert "not an image" in ing["quarantined"][0]["reason"]
     assert ing["accepted_per_split"] == {s: sum(c.values()) for s, c in ingest["accepted_per_split"].items()}
@@ -241,7 +227,7 @@ def test_ingest_only_run_has_no_figures(run, tmp_path, monkeypatch):
     (out_dir / report.LEARNING_CURVES_PNG).write_bytes(b"stale")
     index = report.write_report(config, str(out_dir))
     data = report.report_data(config)
-    assert data["ingestion"]["accepted"] == 80
+    assert data["ingestion"]["accepted"] == ACCEPTED
     assert set(data["missing"]) == {"training", "predictions", "gate"}
     assert all("Trainer did not run" in data["missing"][k] for k in ("training", "predictions"))
     assert not any(os.path.exists(out_dir / name) for name in report.FIGURES)

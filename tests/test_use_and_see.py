@@ -1,8 +1,8 @@
 """Using the model and seeing the run: `ftune predict`, a clean console, the report's error analysis, TFLite.
 
-One real pipeline run through the `ftune run --json` CLI (module fixture: 2 generated classes, 96 px, a few
-epochs, Beam in multi-processing mode with 2 worker processes so that worker start-up noise would show, int8
-TFLite on) is shared by the slow tests; the rest need no pipeline.
+The slow tests read the shared small run (conftest.small_run: one `ftune run --json` on 2 generated classes, 96 px,
+a few epochs, Beam in multi-processing mode with 2 worker processes so that worker start-up noise would show, int8
+TFLite on); the rest need no pipeline.
 """
 
 import base64
@@ -18,13 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from conftest import REPO, pretrained_weights_path
+from conftest import REPO, SMALL_RUN_PER_CLASS
+from conftest import SMALL_RUN_PHASE1 as PHASE1
+from conftest import SMALL_RUN_PHASE2 as PHASE2
 
 from pipeline import cli
 from pipeline.configs import ConfigError, PipelineConfig, load_config
 from pipeline.reporting import report
 
-PHASE1, PHASE2 = 3, 1
 # Lines that must never reach the console of a default run: TF/XLA C++ logs, absl, Beam/TF Python logs in their
 # default format, Python warnings.
 NOISE = [
@@ -51,29 +52,9 @@ def _ftune(*args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """(config, completed `ftune run --json` process, its JSON summary)."""
-    root = tmp_path_factory.mktemp("use_and_see") / "root"
-    overrides = [
-        "data.sample_classes=2",
-        "data.sample_per_class=30",
-        "trainer.image_size=96",
-        "trainer.batch_size=16",
-        f"trainer.phase1_epochs={PHASE1}",
-        f"trainer.phase2_epochs={PHASE2}",
-        "eval.accuracy_floor=0",
-        "push.tflite=int8",
-        # A handful of eval images: one image is several points of accuracy, so the int8 gate gets room here.
-        "eval.max_tflite_accuracy_drop=0.25",
-        'beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]',
-    ]
-    args = ["run", "--json", "--pipeline-root", str(root), "--weights", pretrained_weights_path()]
-    for item in overrides:
-        args += ["--set", item]
-    result = _ftune(*args, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    config = load_config(None, overrides + [f"pipeline_root={root}"]).absolute_paths()
-    return config, result, json.loads(result.stdout)
+def run(small_run):
+    """(config, completed `ftune run --json` process, its JSON summary): the shared small run."""
+    return small_run
 
 
 def _eval_images(config):
@@ -130,7 +111,7 @@ def test_run_console_is_clean_and_labels_the_phases(run):
 def test_run_json_is_the_summary_data(run):
     config, result, data = run
     assert data["push"]["pushed"] is True and data["push"]["version"] == "1"
-    assert data["ingestion"]["accepted"] == 60 and data["report"].endswith("index.html")
+    assert data["ingestion"]["accepted"] == 2 * SMALL_RUN_PER_CLASS and data["report"].endswith("index.html")
     assert data["gate"]["blessed"] is True and set(data["components_time"]) >= {"Trainer", "Pusher"}
     assert data["tflite"]["mode"] == "int8" and data["settings"]["push"]["tflite"] == "int8"
     # The text summary went to stderr, stdout holds the JSON alone.
