@@ -8,13 +8,16 @@ alone puts the project on the tasks' PYTHONPATH (the image installs the same whe
    volume, and its `serving_default` signature names the right class for images it never saw;
 2. execution 2 of the same package with other run parameters (1 warm epoch, no fine-tuning, accuracy_floor=1.0):
    the Trainer warm-starts from the served version 1 and trains what the parameters say, the Evaluator compares
-   against the served version 1 and refuses, and the serving volume is left exactly as it was. With unchanged
+   against the served version 1 and refuses, and the serving volume is left exactly as it was. The validation
+   split holds one image under two labels, so no model can reach accuracy 1.0 and the refusal is certain (the
+   sample shapes are easy enough that a warm-started model often scores 1.0 on the rest). With unchanged
    data every task runs again: ImageExampleGen is never cached (the spec says so), so no downstream cache key can
    match -- what a scheduled run does on KFP.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -25,7 +28,7 @@ from kfp_spec_harness import execute, read_package
 
 pytestmark = pytest.mark.slow
 
-CLASSES, PER_CLASS = 3, 30
+CLASSES, TRAIN_PER_CLASS, EVAL_PER_CLASS = 3, 24, 6
 PVC = "ftune-models"
 MODEL_NAME = "image_classifier"
 # Files that are not part of the source tree the image is built from (.dockerignore keeps them out too).
@@ -103,10 +106,15 @@ def setup(tmp_path_factory, installed_wheel):
 
     root = tmp_path_factory.mktemp("kfp_exec")
     data = root / "data"
-    generate_sample_data(str(data), classes=CLASSES, per_class=PER_CLASS, seed=0)
+    generate_sample_data(str(data / "train"), classes=CLASSES, per_class=TRAIN_PER_CLASS, seed=0)
+    counts = generate_sample_data(str(data / "validation"), classes=CLASSES, per_class=EVAL_PER_CLASS, seed=1)
+    # One validation image also filed under a second class: a model gets at most one of the two right.
+    first_class, second_class = sorted(counts)[:2]
+    image = sorted((data / "validation" / first_class).iterdir())[0]
+    shutil.copyfile(image, data / "validation" / second_class / f"mislabelled_{image.name}")
     config = load_config(
         overrides=[
-            "data.split_mode=hash",
+            "data.split_mode=presplit",
             "trainer.image_size=96",
             "trainer.batch_size=16",
             "trainer.phase1_epochs=6",
