@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from cats_vs_dogs import DEFAULT_DATA, DEFAULT_WEIGHTS, REPO  # noqa: E402
-from common import add_settings_option, run_measured, write_results  # noqa: E402
+from common import add_settings_option, check_headline_overrides, run_measured, write_results  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "warm_start.json")
 
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--work-dir", help="data spans, pipeline roots and logs (default: a new temporary folder)")
     add_settings_option(parser)
     args = parser.parse_args()
+    check_headline_overrides(args.overrides, args.output, DEFAULT_OUTPUT)
     for path in (args.data, args.weights):
         if not os.path.exists(path):
             raise SystemExit(f"not found: {path}")
