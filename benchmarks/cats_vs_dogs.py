@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 
-from common import add_settings_option, check_headline_overrides, run_measured, write_results
+from common import add_settings_option, check_headline_overrides, ftune_run, run_measured, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -28,40 +28,39 @@ DEFAULT_WEIGHTS = os.path.join(SHARED, "weights", "mobilenet_v2_1.0_224_no_top.h
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "cats_vs_dogs.json")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Pipeline vs. the TF tutorial's recipe on cats vs dogs.")
+def benchmark_parser(description: str, default_output: str, work_dir_help: str) -> argparse.ArgumentParser:
+    """The options every cats-vs-dogs benchmark takes: --data, --weights, --output, --work-dir, --set."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", default=DEFAULT_DATA, help=f"pre-split image folder (default {DEFAULT_DATA})")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--work-dir", help="pipeline root and logs (default: a new temporary folder)")
+    parser.add_argument("--output", default=default_output, help=f"results JSON (default {default_output})")
+    parser.add_argument("--work-dir", help=f"{work_dir_help} (default: a new temporary folder)")
     add_settings_option(parser)
-    parser.add_argument("--skip-baseline", action="store_true", help="run only the pipeline")
+    return parser
+
+
+def parse_checked(parser: argparse.ArgumentParser, default_output: str) -> argparse.Namespace:
+    """Parsed arguments; stops when the data or weights are missing or overrides would write the headline file."""
     args = parser.parse_args()
     for path in (args.data, args.weights):
         if not os.path.exists(path):
             raise SystemExit(f"not found: {path}")
-    check_headline_overrides(args.overrides, args.output, DEFAULT_OUTPUT)
+    check_headline_overrides(args.overrides, args.output, default_output)
+    return args
+
+
+def main() -> None:
+    parser = benchmark_parser(
+        "Pipeline vs. the TF tutorial's recipe on cats vs dogs.", DEFAULT_OUTPUT, "pipeline root and logs"
+    )
+    parser.add_argument("--skip-baseline", action="store_true", help="run only the pipeline")
+    args = parse_checked(parser, DEFAULT_OUTPUT)
 
     work = args.work_dir or tempfile.mkdtemp(prefix="ftune-bench-")
     os.makedirs(work, exist_ok=True)
     root = os.path.join(work, "pipeline_root")
     settings = list(args.overrides)  # none for the headline: `ftune run` exactly as a user gets it
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        "--data-root",
-        args.data,
-        "--pipeline-root",
-        root,
-        "--weights",
-        args.weights,
-    ]
-    for item in settings:
-        cmd += ["--set", item]
-    print(f"[bench] pipeline: {' '.join(cmd)}", flush=True)
-    pipeline = run_measured(cmd, os.path.join(work, "pipeline.log"))
+    pipeline = ftune_run("pipeline", args.data, root, args.weights, settings, work)
 
     sys.path.insert(0, REPO)
     from pipeline.configs import load_config

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Sequence
@@ -87,6 +88,16 @@ def run_measured(cmd: List[str], log_path: str) -> Dict[str, float]:
     if code != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit code {code}; see {log_path}")
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak[0] / 2**20)}
+
+
+def ftune_run(name: str, data: str, root: str, weights: str, settings: Sequence[str], work: str) -> Dict[str, float]:
+    """`ftune run` on data with pipeline root `root`, settings as `--set`; measured, logged to work/<name>.log."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", data, "--pipeline-root", root]
+    cmd += ["--weights", weights]
+    for item in settings:
+        cmd += ["--set", item]
+    print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
+    return run_measured(cmd, os.path.join(work, f"{name}.log"))
 
 
 def machine() -> Dict[str, object]:

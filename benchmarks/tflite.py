@@ -12,7 +12,6 @@ SavedModel's size on disk, the Evaluator's accuracy, wall time and peak RSS.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,8 +21,8 @@ from typing import Dict, List
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from cats_vs_dogs import DEFAULT_DATA, DEFAULT_WEIGHTS, REPO  # noqa: E402
-from common import add_settings_option, check_headline_overrides, run_measured, write_results  # noqa: E402
+from cats_vs_dogs import REPO, benchmark_parser, parse_checked  # noqa: E402
+from common import ftune_run, write_results  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "tflite.json")
 MODES = ("float16", "int8")
@@ -39,12 +38,7 @@ def folder_bytes(path: str, skip: tuple = ()) -> int:
 
 def measured_run(mode: str, data: str, weights: str, settings: List[str], work: str) -> Dict:
     root = os.path.join(work, f"root_{mode}")
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", data, "--pipeline-root", root]
-    cmd += ["--weights", weights, "--set", f"push.tflite={mode}"]
-    for item in settings:
-        cmd += ["--set", item]
-    print(f"[bench] {mode}: {' '.join(cmd)}", flush=True)
-    process = run_measured(cmd, os.path.join(work, f"{mode}.log"))
+    process = ftune_run(mode, data, root, weights, [f"push.tflite={mode}", *settings], work)
 
     from pipeline.configs import load_config
     from pipeline.reporting.report import report_data
@@ -67,14 +61,10 @@ def measured_run(mode: str, data: str, weights: str, settings: List[str], work: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="TFLite float16 / int8 vs the float32 SavedModel on cats vs dogs.")
-    parser.add_argument("--data", default=DEFAULT_DATA, help=f"pre-split image folder (default {DEFAULT_DATA})")
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--work-dir", help="pipeline roots and logs (default: a new temporary folder)")
-    add_settings_option(parser)
-    args = parser.parse_args()
-    check_headline_overrides(args.overrides, args.output, DEFAULT_OUTPUT)
+    parser = benchmark_parser(
+        "TFLite float16 / int8 vs the float32 SavedModel on cats vs dogs.", DEFAULT_OUTPUT, "pipeline roots and logs"
+    )
+    args = parse_checked(parser, DEFAULT_OUTPUT)
     for path in (args.data, args.weights):
         if not os.path.exists(path):
             raise SystemExit(f"not found: {path}")

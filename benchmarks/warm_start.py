@@ -16,7 +16,6 @@ Evaluator accuracy, Trainer seconds (component and training loop), wall time, pe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,8 +25,8 @@ from typing import Dict, List
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from cats_vs_dogs import DEFAULT_DATA, DEFAULT_WEIGHTS, REPO  # noqa: E402
-from common import add_settings_option, check_headline_overrides, run_measured, write_results  # noqa: E402
+from cats_vs_dogs import REPO, benchmark_parser, parse_checked  # noqa: E402
+from common import ftune_run, write_results  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "warm_start.json")
 
@@ -49,12 +48,7 @@ def make_spans(source: str, target: str, spans: int = 2) -> Dict[str, int]:
 
 
 def measured_run(name: str, data: str, root: str, weights: str, settings: List[str], work: str) -> Dict:
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", data, "--pipeline-root", root]
-    cmd += ["--weights", weights]
-    for item in settings:
-        cmd += ["--set", item]
-    print(f"[bench] {name}: {' '.join(cmd)}", flush=True)
-    process = run_measured(cmd, os.path.join(work, f"{name}.log"))
+    process = ftune_run(name, data, root, weights, settings, work)
 
     from pipeline.configs import load_config
     from pipeline.reporting.report import report_data
@@ -80,14 +74,12 @@ def measured_run(name: str, data: str, root: str, weights: str, settings: List[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Warm start vs cold start on cats vs dogs in two spans.")
-    parser.add_argument("--data", default=DEFAULT_DATA, help=f"pre-split image folder (default {DEFAULT_DATA})")
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help=f"MobileNetV2 weights (default {DEFAULT_WEIGHTS})")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"results JSON (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--work-dir", help="data spans, pipeline roots and logs (default: a new temporary folder)")
-    add_settings_option(parser)
-    args = parser.parse_args()
-    check_headline_overrides(args.overrides, args.output, DEFAULT_OUTPUT)
+    parser = benchmark_parser(
+        "Warm start vs cold start on cats vs dogs in two spans.",
+        DEFAULT_OUTPUT,
+        "data spans, pipeline roots and logs",
+    )
+    args = parse_checked(parser, DEFAULT_OUTPUT)
     for path in (args.data, args.weights):
         if not os.path.exists(path):
             raise SystemExit(f"not found: {path}")
