@@ -65,9 +65,6 @@ def main() -> None:
         "TFLite float16 / int8 vs the float32 SavedModel on cats vs dogs.", DEFAULT_OUTPUT, "pipeline roots and logs"
     )
     args = parse_checked(parser, DEFAULT_OUTPUT)
-    for path in (args.data, args.weights):
-        if not os.path.exists(path):
-            raise SystemExit(f"not found: {path}")
     sys.path.insert(0, REPO)
     work = args.work_dir or tempfile.mkdtemp(prefix="ftune-tflite-")
     os.makedirs(work, exist_ok=True)

@@ -80,9 +80,6 @@ def main() -> None:
         "data spans, pipeline roots and logs",
     )
     args = parse_checked(parser, DEFAULT_OUTPUT)
-    for path in (args.data, args.weights):
-        if not os.path.exists(path):
-            raise SystemExit(f"not found: {path}")
     sys.path.insert(0, REPO)
 
     work = args.work_dir or tempfile.mkdtemp(prefix="ftune-warm-")
