@@ -33,7 +33,6 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
-from pipeline.configs import TrainerConfig
 from serving.export import export_saved_model
 from serving.signatures import ASSETS_EXTRA, LABELS_FILE
 from serving.tflite import export_tflite
@@ -41,6 +40,7 @@ from trainer import features
 from trainer import warm_start as warm
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
+from trainer.settings import TrainerConfig
 
 HISTORY_FILE = "training_history.json"
 # custom_config key of the TFLite export: {"mode": push.tflite, "max_accuracy_drop": eval.max_tflite_accuracy_drop}

@@ -55,7 +55,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
-from pipeline.configs import span_window
+from components.settings import span_window
 from serving.model_record import files_fingerprint
 from trainer.features import header_problem_py
 

@@ -45,7 +45,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.configs import ConfigError, TrainerConfig
 from trainer.model import (
     LAYER_DROPOUT,
     LAYER_FLIP,
@@ -55,6 +54,7 @@ from trainer.model import (
     LAYER_ROTATION,
     num_logits,
 )
+from trainer.settings import ConfigError, TrainerConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import keras
 
-from pipeline.configs import ConfigError, TrainerConfig
+from trainer.settings import BASE_MODELS, BaseModel, ConfigError, TrainerConfig
 from trainer.weights import build_base, resolve_weights
 
 LAYER_INPUT = "image"
@@ -35,16 +35,14 @@ class BaseSpec(NamedTuple):
     preprocess_input: Callable
 
 
-BASES: Dict[str, BaseSpec] = {
-    # Scales to [-1, 1].
-    "mobilenet_v2": BaseSpec(keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input),
-    # Identity: Keras' EfficientNet rescales and normalises inside the model itself.
-    "efficientnet_b0": BaseSpec(keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input),
-    # Scales to [-1, 1].
-    "xception": BaseSpec(keras.applications.Xception, keras.applications.xception.preprocess_input),
-    # "caffe": RGB -> BGR, then subtracts the ImageNet channel means.
-    "resnet50": BaseSpec(keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
-}
+def _base_spec(base: BaseModel) -> BaseSpec:
+    applications = keras.applications
+    preprocess_input = getattr(applications, base.preprocess_module).preprocess_input
+    return BaseSpec(getattr(applications, base.constructor), preprocess_input)
+
+
+# The constructors of trainer/settings.py's one list of bases.
+BASES: Dict[str, BaseSpec] = {name: _base_spec(base) for name, base in BASE_MODELS.items()}
 
 
 def get_base_spec(name: str) -> BaseSpec:

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from pipeline.configs import TrainerConfig
 from trainer.model import LAYER_BASE, LAYER_LOGITS, LAYER_PREPROCESS
+from trainer.settings import TrainerConfig
 
 WARM_START_FILE = "warm_start.json"
 

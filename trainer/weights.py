@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple
 
 import keras
 
-from pipeline.configs import ConfigError
+from trainer.settings import ConfigError
 
 WEIGHTS_ENV_VAR = "FTUNE_WEIGHTS"
 IMAGENET = "imagenet"

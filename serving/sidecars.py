@@ -1,0 +1,248 @@
+"""The files one piece of ftune writes and another reads: their names, readers and writers, in one place.
+
+Every such file is named here once; nothing else opens them by name. The component ids are here too, because a
+reader finds a file as `<pipeline_root>/<component id>/<output key>/<execution id>/<file>`.
+
+file                   where                                     written by        read by
+ingest_report.json     <Examples artifact>/                      ImageExampleGen   Evaluator, Pusher, summary, report
+gate.json              <ModelEvaluation>/, <ModelBlessing>/      Evaluator         Pusher, summary, report
+training_history.json  <Model artifact>/ (beside Format-Serving)  Trainer          Pusher, report, benchmarks
+labels.txt             <Model>/, <SavedModel>/assets.extra/      Trainer           Evaluator, warm start, predict
+warm_start.json        <SavedModel>/assets.extra/                Trainer           report
+model.keras            <SavedModel>/assets.extra/                Trainer           Trainer (warm start)
+tflite.json            <SavedModel>/assets.extra/                Trainer           report, summary
+model_record.json      <serving dir>/<version>/assets.extra/     Pusher, rollback  versions, no-op check, report
+                                                                                   (schema: serving/model_record.py)
+
+Local paths are read with Python's own file functions, so that commands that only read records (`ftune
+versions`, `rollback`) start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+from serving.signatures import ASSETS_EXTRA
+
+# --- component ids: the node ids `create_pipeline` gives, and the folders their outputs live in -----------------
+
+EXAMPLE_GEN = "ImageExampleGen"
+STATISTICS_GEN = "StatisticsGen"
+SCHEMA_GEN = "SchemaGen"
+EXAMPLE_VALIDATOR = "ExampleValidator"
+TRANSFORM = "Transform"
+TRAINER = "Trainer"
+SERVED_MODEL_BASELINE = "ServedModelBaseline"
+EVALUATOR = "Evaluator"
+PUSHER = "Pusher"
+# In DAG order.
+COMPONENT_IDS = (
+    EXAMPLE_GEN,
+    STATISTICS_GEN,
+    SCHEMA_GEN,
+    EXAMPLE_VALIDATOR,
+    TRANSFORM,
+    TRAINER,
+    SERVED_MODEL_BASELINE,
+    EVALUATOR,
+    PUSHER,
+)
+
+# --- file names ------------------------------------------------------------------------------------------------
+
+INGEST_REPORT_FILE = "ingest_report.json"
+GATE_FILE = "gate.json"
+HISTORY_FILE = "training_history.json"
+LABELS_FILE = "labels.txt"
+WARM_START_FILE = "warm_start.json"
+KERAS_MODEL_FILE = "model.keras"
+TFLITE_RECORD_FILE = "tflite.json"
+MODEL_RECORD_FILE = "model_record.json"
+# The SavedModel's folder inside a TFX Model artifact (tfx.utils.path_utils.serving_model_path names it too;
+# it is spelled here so that readers need not import TFX).
+SERVING_MODEL_DIR = "Format-Serving"
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+# --- plain file access: local paths without TensorFlow, URIs through TFX's fileio -------------------------------
+
+
+def _is_uri(path: str) -> bool:
+    return bool(_SCHEME.match(path))
+
+
+def exists(path: str) -> bool:
+    if _is_uri(path):
+        from tfx.dsl.io import fileio
+
+        return fileio.exists(path)
+    return os.path.exists(path)
+
+
+def _read_text(path: str) -> Optional[str]:
+    if not exists(path):
+        return None
+    if _is_uri(path):
+        from tfx.dsl.io import fileio
+
+        with fileio.open(path, "r") as f:
+            return f.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _write_text(path: str, text: str) -> str:
+    if _is_uri(path):
+        from tfx.dsl.io import fileio
+
+        fileio.makedirs(os.path.dirname(path))
+        with fileio.open(path, "w") as f:
+            f.write(text)
+    else:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    text = _read_text(path)
+    return None if text is None else json.loads(text)
+
+
+def _write_json(path: str, data: Dict[str, Any]) -> str:
+    return _write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+# --- paths -----------------------------------------------------------------------------------------------------
+
+
+def serving_model_dir(model_uri: str) -> str:
+    """The SavedModel inside a TFX Model artifact (what the Evaluator and the Pusher read)."""
+    return os.path.join(model_uri, SERVING_MODEL_DIR)
+
+
+def assets_extra(saved_model_dir: str) -> str:
+    """`<SavedModel or served version>/assets.extra`: files TF Serving serves with a version but ignores."""
+    return os.path.join(saved_model_dir, ASSETS_EXTRA)
+
+
+def ingest_report_path(examples_uri: str) -> str:
+    return os.path.join(examples_uri, INGEST_REPORT_FILE)
+
+
+def history_path(model_uri: str) -> str:
+    return os.path.join(model_uri, HISTORY_FILE)
+
+
+def keras_model_path(saved_model_dir: str) -> str:
+    return os.path.join(assets_extra(saved_model_dir), KERAS_MODEL_FILE)
+
+
+def model_record_path(version_dir: str) -> str:
+    return os.path.join(assets_extra(version_dir), MODEL_RECORD_FILE)
+
+
+# --- ingest_report.json: ImageExampleGen's accepted counts and quarantine list ----------------------------------
+
+
+def read_ingest_report(examples_uri: Optional[str]) -> Optional[Dict[str, Any]]:
+    """{scanned, accepted, accepted_per_split: {split: {class: n}}, class_names, quarantined: [{path, reason}],
+    quarantined_count, quarantined_fraction, input_base, spans, input_fingerprint}; None when absent."""
+    if not examples_uri:
+        return None
+    return _read_json(ingest_report_path(examples_uri))
+
+
+def write_ingest_report(examples_uri: str, report: Dict[str, Any]) -> str:
+    return _write_json(ingest_report_path(examples_uri), report)
+
+
+def eval_class_counts(examples_uri: str, eval_split: str = "eval") -> Dict[str, int]:
+    """Accepted images per class of one split (the eval split by default); {} without a report."""
+    report = read_ingest_report(examples_uri) or {}
+    return {str(k): int(v) for k, v in (report.get("accepted_per_split") or {}).get(eval_split, {}).items()}
+
+
+# --- gate.json: what the Evaluator's gate checked and found -----------------------------------------------------
+
+
+def read_gate(artifact_uri: str) -> Optional[Dict[str, Any]]:
+    """The gate summary in an evaluation or blessing artifact (keys: components/evaluator_gate.py), or None."""
+    return _read_json(os.path.join(artifact_uri, GATE_FILE))
+
+
+def write_gate(artifact_uri: str, summary: Dict[str, Any]) -> str:
+    return _write_json(os.path.join(artifact_uri, GATE_FILE), summary)
+
+
+# --- training_history.json: per epoch, both phases, timings, the settings in effect, the warm start -------------
+
+
+def read_history(model_uri: str) -> Optional[Dict[str, Any]]:
+    return _read_json(history_path(model_uri))
+
+
+def write_history(model_uri: str, history: Dict[str, Any]) -> str:
+    return _write_text(history_path(model_uri), json.dumps(history, indent=2))
+
+
+# --- labels.txt: class names in label-id order ------------------------------------------------------------------
+
+
+def read_labels(directory: str) -> Optional[List[str]]:
+    """Class names from `<directory>/labels.txt`, or from `<directory>/assets.extra/labels.txt` (a SavedModel or
+    a served version), or from the SavedModel inside a Model artifact; None when there are none."""
+    for path in (
+        os.path.join(directory, LABELS_FILE),
+        os.path.join(assets_extra(directory), LABELS_FILE),
+        os.path.join(assets_extra(serving_model_dir(directory)), LABELS_FILE),
+    ):
+        text = _read_text(path)
+        if text is not None:
+            return [line.strip() for line in text.splitlines() if line.strip()]
+    return None
+
+
+def write_labels(directory: str, class_names: List[str]) -> str:
+    """`<directory>/labels.txt` (a Model artifact's root, or a SavedModel's assets.extra)."""
+    return _write_text(os.path.join(directory, LABELS_FILE), "".join(f"{name}\n" for name in class_names))
+
+
+# --- warm_start.json: where the Trainer started from, and why ----------------------------------------------------
+
+
+def read_warm_start(saved_model_dir: str) -> Optional[Dict[str, Any]]:
+    """{"from_version": N or None, "reason": "..."} or None."""
+    return _read_json(os.path.join(assets_extra(saved_model_dir), WARM_START_FILE))
+
+
+def write_warm_start(saved_model_dir: str, warm_start: Dict[str, Any]) -> str:
+    return _write_json(os.path.join(assets_extra(saved_model_dir), WARM_START_FILE), warm_start)
+
+
+# --- tflite.json: the TFLite conversion and its accuracy check ---------------------------------------------------
+
+
+def read_tflite_record(saved_model_dir: str) -> Optional[Dict[str, Any]]:
+    return _read_json(os.path.join(assets_extra(saved_model_dir), TFLITE_RECORD_FILE))
+
+
+def write_tflite_record(saved_model_dir: str, record: Dict[str, Any]) -> str:
+    return _write_text(os.path.join(assets_extra(saved_model_dir), TFLITE_RECORD_FILE), json.dumps(record, indent=2))
+
+
+# --- model_record.json: what every pushed version carries (schema: serving/model_record.py) ----------------------
+
+
+def read_model_record(version_dir: str) -> Optional[Dict[str, Any]]:
+    """The version's record, or None when it has none (pushed by an older ftune, or by hand)."""
+    return _read_json(model_record_path(version_dir))
+
+
+def write_model_record(version_dir: str, record: Dict[str, Any]) -> str:
+    return _write_json(model_record_path(version_dir), record)

@@ -1,0 +1,178 @@
+"""The Trainer's typed settings (the `trainer:` section), their checks, and the settings error every layer raises.
+
+The bottom of the layers: it imports nothing of the project and no TensorFlow, so the CLI can load and check
+settings in a fraction of a second. `pipeline/configs.py` composes this section with the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterable, NamedTuple
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key."""
+
+
+def check(value: Any, ok: bool, key: str, expected: str) -> None:
+    """Raises ConfigError naming `key`, what it allows and the value given, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"config value {key} must be {expected}; got {value!r}")
+
+
+def one_of(allowed: Iterable[str]) -> str:
+    return "one of " + ", ".join(allowed)
+
+
+class BaseModel(NamedTuple):
+    """A `keras.applications` base: its constructor and preprocessing module there, and its depth without the
+    top (include_top=False), so that `trainer.fine_tune_at` is checked when the settings load."""
+
+    constructor: str
+    preprocess_module: str
+    layers: int
+
+
+# The one list of bases the trainer can build (trainer/model.py resolves the names in keras.applications).
+BASE_MODELS: Dict[str, BaseModel] = {
+    # Scales to [-1, 1].
+    "mobilenet_v2": BaseModel("MobileNetV2", "mobilenet_v2", 154),
+    # Identity: Keras' EfficientNet rescales and normalises inside the model itself.
+    "efficientnet_b0": BaseModel("EfficientNetB0", "efficientnet", 237),
+    # Scales to [-1, 1].
+    "xception": BaseModel("Xception", "xception", 132),
+    # "caffe": RGB -> BGR, then subtracts the ImageNet channel means.
+    "resnet50": BaseModel("ResNet50", "resnet50", 175),
+}
+BASE_MODEL_LAYERS: Dict[str, int] = {name: base.layers for name, base in BASE_MODELS.items()}
+PHASE1_MODES = ("cached_features", "end_to_end")
+PHASE2_MODES = ("cached_prefix", "end_to_end")
+PHASE2_LR_SCHEDULES = ("constant", "cosine")
+CLASS_WEIGHTINGS = ("auto", "on", "off")
+WARM_START_MODES = ("auto", "off")
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Freeze-then-fine-tune transfer learning (Transform + Trainer)."""
+
+    # keras.applications base, one of BASE_MODEL_LAYERS: mobilenet_v2 | efficientnet_b0 | xception | resnet50
+    base_model: str = "mobilenet_v2"
+    # "imagenet", a local weights file path, "none", or "" to resolve: FTUNE_WEIGHTS env var, then "imagenet".
+    weights: str = ""
+    image_size: int = 160
+    batch_size: int = 32
+    # Phase 1: base frozen, new head trained (early stopping on the eval split).
+    phase1_epochs: int = 10
+    learning_rate: float = 1e-3
+    # Phase 2: top of the base unfrozen, model recompiled with learning_rate * fine_tune_lr_factor.
+    phase2_epochs: int = 8
+    fine_tune_lr_factor: float = 0.1
+    # Layer index (>= 1) from which the base is unfrozen, or a fraction of its depth (< 1). 100 of MobileNetV2's
+    # 154 layers is the TF tutorial's choice.
+    fine_tune_at: float = 100
+    early_stopping_patience: int = 3
+    dropout: float = 0.2
+    augment: bool = True
+    rotation_factor: float = 0.2
+    seed: int = 42
+    # Speed levers (trainer/fine_tune.py). The frozen part of the base computes the same output for an image in
+    # every epoch, so it can be computed once (for the image and its horizontal flip) and cached:
+    #   phase1_mode: "cached_features" trains the head on cached pooled features; "end_to_end" runs the base
+    #                every epoch (keeps on-the-fly rotation augmentation).
+    #   phase2_mode: "cached_prefix" caches the activations below the unfrozen block; "end_to_end" does not.
+    phase1_mode: str = "cached_features"
+    phase2_mode: str = "cached_prefix"
+    # Versions of each training image kept in the caches (the image, its flip, and rotated variants when
+    # rotation_factor > 0): cached modes approximate on-the-fly augmentation with these.
+    cache_variants: int = 4
+    # Phase-2 learning rate: "constant" (lr * fine_tune_lr_factor) or "cosine" (one epoch of warm-up to that
+    # value, then cosine decay to 0 over the phase). cosine, 8 epochs: measured on cats vs dogs over 3 seeds,
+    # 0.977-0.980 against 0.974-0.976 for constant (benchmarks/README.md, "Levers").
+    phase2_lr_schedule: str = "cosine"
+    # Upper bound on the in-memory feature caches; above it the caches spill to files under the Trainer's
+    # working directory (same training, read back from disk) instead of growing the process's memory.
+    cache_max_mb: int = 2048
+    # Class weights (n / (classes * count) per class) in both phases: "on", "off", or "auto" = on when the
+    # largest training class has more than `imbalance_ratio` times the examples of the smallest.
+    class_weighting: str = "auto"
+    imbalance_ratio: float = 1.5
+    jit_compile: bool = False
+    # On GPU nodes: float16 compute with float32 logits (no effect on CPU).
+    mixed_precision: bool = False
+    # Eval images written as TF Serving warmup requests into the exported model.
+    warmup_requests: int = 4
+    # "auto": when the served model has the same labels, base model and image size, start from its weights (head
+    # and fine-tuned layers) and train warm_phase1_epochs + warm_phase2_epochs; otherwise (or with "off") start
+    # from the pretrained base with phase1_epochs + phase2_epochs.
+    warm_start: str = "auto"
+    warm_phase1_epochs: int = 2
+    warm_phase2_epochs: int = 3
+
+    def validate(self) -> TrainerConfig:
+        """Checks every `trainer.*` value (ranges, allowed values, `fine_tune_at` against the base's depth)."""
+        t = self
+        check(t.base_model, t.base_model in BASE_MODEL_LAYERS, "trainer.base_model", one_of(BASE_MODEL_LAYERS))
+        check(t.image_size, t.image_size >= 32, "trainer.image_size", "at least 32")
+        check(t.batch_size, t.batch_size >= 1, "trainer.batch_size", "at least 1")
+        check(t.phase1_epochs, t.phase1_epochs >= 0, "trainer.phase1_epochs", "non-negative")
+        check(t.phase2_epochs, t.phase2_epochs >= 0, "trainer.phase2_epochs", "non-negative")
+        check(t.learning_rate, t.learning_rate > 0, "trainer.learning_rate", "positive")
+        check(t.fine_tune_lr_factor, 0 < t.fine_tune_lr_factor <= 1, "trainer.fine_tune_lr_factor", "in (0, 1]")
+        _check_fine_tune_at(t)
+        check(
+            t.early_stopping_patience, t.early_stopping_patience >= 0, "trainer.early_stopping_patience", "non-negative"
+        )
+        check(t.dropout, 0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)")
+        check(t.rotation_factor, 0 <= t.rotation_factor <= 1, "trainer.rotation_factor", "in [0, 1]")
+        check(t.phase1_mode, t.phase1_mode in PHASE1_MODES, "trainer.phase1_mode", one_of(PHASE1_MODES))
+        check(t.phase2_mode, t.phase2_mode in PHASE2_MODES, "trainer.phase2_mode", one_of(PHASE2_MODES))
+        check(
+            t.phase2_lr_schedule,
+            t.phase2_lr_schedule in PHASE2_LR_SCHEDULES,
+            "trainer.phase2_lr_schedule",
+            one_of(PHASE2_LR_SCHEDULES),
+        )
+        check(t.cache_variants, t.cache_variants >= 1, "trainer.cache_variants", "at least 1")
+        check(t.cache_max_mb, t.cache_max_mb >= 0, "trainer.cache_max_mb", "non-negative")
+        check(
+            t.class_weighting,
+            t.class_weighting in CLASS_WEIGHTINGS,
+            "trainer.class_weighting",
+            one_of(CLASS_WEIGHTINGS),
+        )
+        check(t.imbalance_ratio, t.imbalance_ratio >= 1, "trainer.imbalance_ratio", "at least 1")
+        check(t.warmup_requests, t.warmup_requests >= 0, "trainer.warmup_requests", "non-negative")
+        check(t.warm_start, t.warm_start in WARM_START_MODES, "trainer.warm_start", one_of(WARM_START_MODES))
+        check(t.warm_phase1_epochs, t.warm_phase1_epochs >= 0, "trainer.warm_phase1_epochs", "non-negative")
+        check(t.warm_phase2_epochs, t.warm_phase2_epochs >= 0, "trainer.warm_phase2_epochs", "non-negative")
+        return self
+
+    def fine_tune_layer(self) -> int:
+        """The base layer index from which phase 2 unfreezes: `fine_tune_at` itself, or that fraction of the
+        base's depth (validate() has checked it)."""
+        layers = BASE_MODELS[self.base_model].layers
+        value = float(self.fine_tune_at)
+        if 0 < value < 1:
+            return min(max(1, int(round(value * layers))), layers - 1)
+        return int(value)
+
+
+def _check_fine_tune_at(t: TrainerConfig) -> None:
+    """`fine_tune_at` is a whole layer index inside the chosen base, or a fraction (< 1) of its depth."""
+    layers = BASE_MODEL_LAYERS.get(t.base_model, 0)
+    value = t.fine_tune_at
+    if 0 < value < 1:
+        return
+    check(
+        value,
+        value >= 1 and float(value).is_integer(),
+        "trainer.fine_tune_at",
+        "a whole layer index >= 1 or a fraction in (0, 1)",
+    )
+    check(
+        value,
+        value < layers,
+        "trainer.fine_tune_at",
+        f"below the {layers} layers of trainer.base_model={t.base_model} (or a fraction in (0, 1))",
+    )
