@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/cache_spill.py [--images 2000 8000 32000] [--output JSON]
 
-No training: the trainer's own cache writer (`_ArrayWriter`, budget 0 = everything on disk) writes random rows of
+No training: the trainer's own cache writer (`ArrayWriter`, budget 0 = everything on disk) writes random rows of
 the real phase-2 cache's shape (MobileNetV2 at 160 px cut at block_11: 10 x 10 x 96 float32, 38.4 KB per row;
-4 versions per image), then one epoch of the trainer's own shuffled batches (`_CachedBatches`, batch 32) reads
+4 versions per image), then one epoch of the trainer's own shuffled batches (`CachedBatches`, batch 32) reads
 them back; the same from memory where it fits. Reports write and read seconds, milliseconds per batch, and this
 process's resident memory (RSS) before and after, to compare with the seconds a training step takes.
 """
@@ -34,9 +34,9 @@ def rss_mb() -> int:
 
 
 def measure(images: int, on_disk: bool, folder: str):
-    from trainer.fine_tune import _CachedBatches, _SpillBudget
+    from trainer.feature_cache import CachedBatches, SpillBudget
 
-    budget = _SpillBudget(0 if on_disk else 2**62, folder)
+    budget = SpillBudget(0 if on_disk else 2**62, folder)
     writers = [budget.writer(f"train_prefix_{v}") for v in range(VERSIONS)]
     rng = np.random.default_rng(0)
     rss_before = rss_mb()
@@ -48,7 +48,7 @@ def measure(images: int, on_disk: bool, folder: str):
     arrays = [writer.finish() for writer in writers]
     write_s = time.perf_counter() - started
     rss_written = rss_mb()
-    batches = _CachedBatches(arrays, np.zeros(images, np.int32), BATCH, seed=0)
+    batches = CachedBatches(arrays, np.zeros(images, np.int32), BATCH, seed=0)
     started = time.perf_counter()
     checksum = 0.0
     for index in range(len(batches)):

@@ -50,6 +50,10 @@ PHASE2_MODES = ("cached_prefix", "end_to_end")
 PHASE2_LR_SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTINGS = ("auto", "on", "off")
 WARM_START_MODES = ("auto", "off")
+# The trainer settings a Kubeflow run may override as run parameters (the one list: the Trainer component
+# accepts them, the Kubeflow compiler declares them). A run that warm-starts from the served model trains the
+# warm_* epochs instead of phase1/phase2_epochs, so those are parameters too.
+RUN_PARAMETER_FIELDS = ("phase1_epochs", "phase2_epochs", "warm_phase1_epochs", "warm_phase2_epochs", "learning_rate")
 
 
 @dataclasses.dataclass
@@ -176,3 +180,10 @@ def _check_fine_tune_at(t: TrainerConfig) -> None:
         "trainer.fine_tune_at",
         f"below the {layers} layers of trainer.base_model={t.base_model} (or a fraction in (0, 1))",
     )
+
+
+def run_parameter_types() -> Dict[str, type]:
+    """{field: int or float} for RUN_PARAMETER_FIELDS, from the TrainerConfig declarations."""
+    kinds = {"int": int, "float": float, "str": str}
+    declared = {field.name: str(field.type) for field in dataclasses.fields(TrainerConfig)}
+    return {name: kinds[declared[name]] for name in RUN_PARAMETER_FIELDS}

@@ -6,15 +6,15 @@ shape and meaning as the served one: the same label vocabulary (same classes in 
 it fine-tuned) and its head are copied into the freshly built model, and training runs the shorter
 `warm_phase1_epochs` / `warm_phase2_epochs`. In every other case training starts cold and the reason says why.
 
-The served model's Keras form is the `model.keras` the Trainer writes next to the SavedModel
-(`<version>/assets.extra/model.keras`): TF Serving ignores that folder, and the SavedModel's traced functions
-cannot be turned back into a trainable Keras model.
+The served model's Keras form is the Keras copy the Trainer writes into the SavedModel's `assets.extra/`
+(serving/sidecars.py `keras_model_path`): TF Serving ignores that folder, and the SavedModel's traced functions
+cannot be turned back into a trainable Keras model. The Trainer component reads the served model's labels and
+that path and passes them in: nothing here opens the files components hand each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import keras
@@ -22,8 +22,6 @@ import tensorflow as tf
 
 from trainer.model import LAYER_BASE, LAYER_LOGITS, LAYER_PREPROCESS
 from trainer.settings import TrainerConfig
-
-WARM_START_FILE = "warm_start.json"
 
 
 def served_model_shape(keras_model: keras.Model) -> Tuple[str, int]:
@@ -90,11 +88,3 @@ def describe(served_version: Optional[int], reason: Optional[str]) -> Dict[str, 
     if reason is None:
         return {"from_version": served_version, "reason": f"warm start from served version {served_version}"}
     return {"from_version": None, "reason": f"cold start: {reason}"}
-
-
-def read_labels(model_dir: str, assets_extra: str, labels_file: str) -> Optional[List[str]]:
-    path = os.path.join(model_dir, assets_extra, labels_file)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return [line.strip() for line in f if line.strip()]
