@@ -38,7 +38,9 @@ class DataConfig:
     spans: str = "all"
     # Files larger than this many bytes are quarantined from their size, without being read into memory.
     max_file_bytes: int = 100_000_000
-    # Sample data generated when data_root is empty.
+    # Sample data generated when data_root is empty: written pre-split into train_dir/ and eval_dir/, eval_fraction of
+    # each class held out, so every class has eval images for the per-class gate (class folders at the top, split by
+    # hash, when split_mode is "hash"). 60 per class: 12 eval images per class, eval.min_class_examples is 10.
     sample_classes: int = 3
     sample_per_class: int = 60
     sample_seed: int = 0
@@ -62,7 +64,8 @@ class DataConfig:
         )
         check(d.max_file_bytes, d.max_file_bytes > 0, "data.max_file_bytes", "positive")
         check(d.sample_classes, d.sample_classes >= 2, "data.sample_classes", "at least 2")
-        check(d.sample_per_class, d.sample_per_class >= 1, "data.sample_per_class", "at least 1")
+        # Both splits need an image of every class.
+        check(d.sample_per_class, d.sample_per_class >= 2, "data.sample_per_class", "at least 2")
         return self
 
 

@@ -15,9 +15,13 @@ from tfx.utils import proto_utils
 
 from components import evaluator_gate as eg_gate
 from components import image_example_gen as eg
+from components import image_inspection, image_listing
+from components.settings import DataConfig
 from pipeline.configs import PipelineConfig
 from pipeline.local_runner import run_local
 from pipeline.reporting.run_records import latest_artifact_uri
+from serving import sidecars
+from serving.model_record import files_fingerprint
 
 
 def read_examples(examples_uri: str):
@@ -71,8 +75,7 @@ def test_good_images_once_bad_files_quarantined_with_reason(tmp_path):
         image = tf.io.decode_image(feature["image"].bytes_list.value[0], channels=3, expand_animations=False)
         assert image.shape == (48, 64, 3)
 
-    with open(os.path.join(uri, eg.REPORT_FILE)) as f:
-        report = json.load(f)
+    report = sidecars.read_ingest_report(uri)
     quarantined = {record["file_name"]: record["reason"] for record in report["quarantined"]}
     assert set(quarantined) == set(bad)
     for name, expected in bad.items():
@@ -117,11 +120,10 @@ def test_spans_are_read_together_or_as_a_window_and_named_in_the_report(tmp_path
     assert all(n.split("/")[1] == "train" for n in examples["train"])
     labels = {ex.features.feature["class_name"].bytes_list.value[0].decode(): ex for ex in examples["train"].values()}
     assert {c: e.features.feature["label"].int64_list.value[0] for c, e in labels.items()} == {"a": 0, "b": 1, "c": 2}
-    with open(os.path.join(uri, eg.REPORT_FILE)) as f:
-        report = json.load(f)
+    report = sidecars.read_ingest_report(uri)
     assert report["spans"] == ["span-1", "span-2"]
-    assert report["input_fingerprint"] == eg.input_fingerprint(
-        str(data), eg.make_input_config("presplit", "train", "validation"), ["span-1", "span-2"]
+    assert report["input_fingerprint"] == image_listing.input_fingerprint(
+        str(data), image_listing.make_input_config("presplit", "train", "validation"), ["span-1", "span-2"]
     )
 
     _, uri = ingest(tmp_path, str(data), root_name="latest", spans="latest")
@@ -164,7 +166,7 @@ def run_executor(tmp_path, data_root: str, max_quarantine_fraction: float = 0.1)
     exec_properties = {
         standard_component_specs.INPUT_BASE_KEY: data_root,
         standard_component_specs.INPUT_CONFIG_KEY: proto_utils.proto_to_json(
-            eg.make_input_config("hash", "train", "validation")
+            image_listing.make_input_config("hash", "train", "validation")
         ),
         standard_component_specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(eg.make_output_config("hash", 0.2)),
         standard_component_specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
@@ -172,6 +174,7 @@ def run_executor(tmp_path, data_root: str, max_quarantine_fraction: float = 0.1)
         eg.MAX_QUARANTINE_FRACTION_KEY: max_quarantine_fraction,
         eg.MAX_IMAGE_PIXELS_KEY: 50_000_000,
         eg.MAX_FILE_BYTES_KEY: 100_000_000,
+        eg.SPANS_KEY: "all",
     }
     eg.Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
     return examples.uri
@@ -244,3 +247,68 @@ def test_gate_has_overall_and_per_class_thresholds_narrowed_to_gated_classes():
 def test_missing_data_root_is_a_clear_error(tmp_path):
     with pytest.raises(eg.DataUnusableError, match="does not exist"):
         run_executor(tmp_path, str(tmp_path / "nowhere"))
+
+
+# --- one listing, one fingerprint, the settings from DataConfig (fast) --------------------------------------------
+
+
+def test_the_executor_walks_the_tree_once_and_records_the_files_fingerprint(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    image_corpus.write_plain(str(data), {"a": 3, "b": 3})
+    walked, walk_files = [], image_listing.walk_files
+
+    def counting_walk(split_root, classes):
+        walked.append(split_root)
+        return walk_files(split_root, classes)
+
+    monkeypatch.setattr(image_listing, "walk_files", counting_walk)
+    uri = run_executor(tmp_path, str(data))
+    # One walk feeds the layout checks, the Beam source and the fingerprint.
+    assert walked == [str(data)]
+    # The value is serving/model_record.files_fingerprint over (relative path, size, mtime in ns): the format the
+    # served versions' records hold, so the no-op check still recognises a version pushed before this listing.
+    paths = [os.path.join(folder, name) for folder, _, names in os.walk(data) for name in names]
+    expected = files_fingerprint((os.path.relpath(p, data), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
+    report = sidecars.read_ingest_report(uri)
+    assert report["accepted"] == 6
+    assert report["input_fingerprint"] == expected
+
+
+def test_error_reasons_quote_the_first_line_of_a_message():
+    error = ValueError("Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n  [Op:DecodeImage] name:")
+    assert image_inspection.first_line(error) == "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
+    assert image_inspection.first_line(ValueError("")) == "ValueError"
+
+
+def test_the_component_takes_its_settings_from_data_config():
+    data = DataConfig(
+        train_dir="tr", eval_dir="va", max_quarantine_fraction=0.05, max_image_pixels=1000, spans="2", max_file_bytes=9
+    )
+    props = eg.ImageExampleGen(input_base="/images", split_mode="presplit", data=data).exec_properties
+    input_config = proto_utils.json_to_proto(props[standard_component_specs.INPUT_CONFIG_KEY], example_gen_pb2.Input())
+    assert [s.pattern for s in input_config.splits] == ["tr/*/*", "va/*/*"]
+    assert props[eg.MAX_QUARANTINE_FRACTION_KEY] == 0.05
+    assert props[eg.MAX_IMAGE_PIXELS_KEY] == 1000
+    assert props[eg.SPANS_KEY] == "2"
+    assert props[eg.MAX_FILE_BYTES_KEY] == 9
+    props = eg.ImageExampleGen(
+        input_base="/images", split_mode="hash", data=DataConfig(eval_fraction=0.3)
+    ).exec_properties
+    output_config = proto_utils.json_to_proto(
+        props[standard_component_specs.OUTPUT_CONFIG_KEY], example_gen_pb2.Output()
+    )
+    assert [s.hash_buckets for s in output_config.split_config.splits] == [70, 30]
+
+
+def test_the_drivers_cache_key_is_the_span_selection_and_the_files_fingerprint(tmp_path):
+    root = str(tmp_path / "data")
+    image_corpus.write_plain(os.path.join(root, "span-1"), {"a": 2, "b": 2})
+    config = image_listing.make_input_config("hash", "train", "validation")
+    processor = eg._ImageFolderInputProcessor(root, config.splits, None, "all")
+    assert processor.resolve_span_and_version() == (1, None)
+    fingerprint = image_listing.input_fingerprint(root, config, ["span-1"])
+    assert processor.get_input_fingerprint(1, None) == f"spans:span-1\n{fingerprint}"
+    # A new span folder, even one without files yet, is a new input: the last run's Examples are not reused.
+    os.makedirs(os.path.join(root, "span-2"))
+    assert processor.resolve_span_and_version() == (2, None)
+    assert processor.get_input_fingerprint(2, None) == f"spans:span-1,span-2\n{fingerprint}"

@@ -7,13 +7,13 @@ import os
 import image_corpus
 import pytest
 
-from components import image_example_gen as eg
+from components import image_listing as listing
 from pipeline.configs import ConfigError, PipelineConfig, load_config
 from pipeline.local_runner import unchanged_since_served
-from serving import model_record
+from serving import sidecars
 from trainer import warm_start
 
-HASH = eg.make_input_config("hash", "train", "validation")
+HASH = listing.make_input_config("hash", "train", "validation")
 
 
 def spans_folder(tmp_path, spans):
@@ -46,23 +46,23 @@ def test_bad_warm_start_setting():
 def test_spans_are_ordered_by_number_and_windowed(tmp_path):
     root = spans_folder(tmp_path, {n: {"a": 1, "b": 1} for n in (1, 2, 10)})
     os.makedirs(os.path.join(root, "span-x"))  # not a span folder
-    assert eg.list_spans(root) == ["span-1", "span-2", "span-10"]
-    assert eg.select_spans(root, "all") == ["span-1", "span-2", "span-10"]
-    assert eg.select_spans(root, "2") == ["span-2", "span-10"]
-    assert eg.select_spans(root, "latest") == ["span-10"]
+    assert listing.list_spans(root) == ["span-1", "span-2", "span-10"]
+    assert listing.select_spans(root, "all") == ["span-1", "span-2", "span-10"]
+    assert listing.select_spans(root, "2") == ["span-2", "span-10"]
+    assert listing.select_spans(root, "latest") == ["span-10"]
 
 
 def test_plain_layout_has_no_spans(tmp_path):
     image_corpus.write_plain(str(tmp_path), {"a": 2, "b": 2})
-    assert eg.select_spans(str(tmp_path), "latest") == []
-    assert eg.check_layout(str(tmp_path), HASH, []) == ["a", "b"]
+    assert listing.select_spans(str(tmp_path), "latest") == []
+    assert listing.check_layout(str(tmp_path), HASH, []) == ["a", "b"]
 
 
 def test_vocabulary_is_the_union_of_the_spans_classes(tmp_path):
     root = spans_folder(tmp_path, {1: {"a": 2, "b": 2}, 2: {"b": 1, "c": 1}})
-    assert eg.check_layout(root, HASH, ["span-1", "span-2"]) == ["a", "b", "c"]
-    files = eg.input_files(root, HASH, ["span-2"])
-    assert sorted(path for _, path in files) == sorted(f"span-2/{c}/{n}" for c, n in _names(root, "span-2"))
+    assert listing.check_layout(root, HASH, ["span-1", "span-2"]) == ["a", "b", "c"]
+    files = listing.list_input(root, HASH, ["span-2"]).files()
+    assert sorted(f.path for f in files) == sorted(f"span-2/{c}/{n}" for c, n in _names(root, "span-2"))
 
 
 def _names(root, span):
@@ -74,17 +74,17 @@ def _names(root, span):
 def test_a_span_with_an_empty_class_fails_naming_the_span(tmp_path):
     root = spans_folder(tmp_path, {1: {"a": 2, "b": 2}, 2: {"a": 1, "b": 1}})
     os.makedirs(os.path.join(root, "span-2", "c"))
-    with pytest.raises(eg.DataUnusableError, match=r"span-2: c"):
-        eg.check_layout(root, HASH, ["span-1", "span-2"])
+    with pytest.raises(listing.DataUnusableError, match=r"span-2: c"):
+        listing.check_layout(root, HASH, ["span-1", "span-2"])
 
 
 def test_spans_mixing_presplit_and_plain_layouts_are_an_error(tmp_path):
     root = spans_folder(tmp_path, {1: {"a": 1, "b": 1}})
     for split in ("train", "validation"):
         image_corpus.write_plain(os.path.join(root, "span-2", split), {"a": 1, "b": 1})
-    assert eg.resolve_split_mode(root, "auto", "train", "validation", ["span-2"]) == "presplit"
-    with pytest.raises(eg.DataUnusableError, match=r"span\(s\) span-1 .* not split into train/ and validation/"):
-        eg.resolve_split_mode(root, "auto", "train", "validation", ["span-1", "span-2"])
+    assert listing.resolve_split_mode(root, "auto", "train", "validation", ["span-2"]) == "presplit"
+    with pytest.raises(listing.DataUnusableError, match=r"span\(s\) span-1 .* not split into train/ and validation/"):
+        listing.resolve_split_mode(root, "auto", "train", "validation", ["span-1", "span-2"])
 
 
 # --- the no-op check: the served version's own record is the reference ------------------------------------------
@@ -97,11 +97,11 @@ def served_with_record(tmp_path, config, data_root, spans, **changes):
     open(os.path.join(version_dir, "saved_model.pb"), "wb").close()
     record = {
         "version": 1,
-        "data": {"spans": spans, "fingerprint": eg.input_fingerprint(data_root, HASH, spans)},
+        "data": {"spans": spans, "fingerprint": listing.input_fingerprint(data_root, HASH, spans)},
         "settings": json.loads(json.dumps(config.to_dict())),
     }
     record.update(changes)
-    model_record.write_record(version_dir, record)
+    sidecars.write_model_record(version_dir, record)
     return version_dir
 
 
@@ -207,10 +207,10 @@ def test_trainer_learns_the_served_version_from_its_base_model_input(tmp_path):
     props = {"custom_config": json_utils.dumps({"trainer": {"warm_start": "auto"}})}
     added = ft.add_served_version(props, {"base_model": [baseline]})
     assert json_utils.loads(added["custom_config"])[ft.SERVED_VERSION_KEY] == 3
-    # TFX hands run_fn the folder ServedModelBaseline copies the served version into.
+    # TFX hands run_fn the folder ServedModelBaseline copies the served version into (sidecars names it too).
     # (fn_args_utils computes fn_args.base_model exactly so.)
     path = path_utils.serving_model_path(baseline.uri, path_utils.is_old_model_artifact(baseline))
-    assert path == os.path.join(baseline.uri, "Format-Serving")
+    assert path == sidecars.serving_model_dir(baseline.uri)
 
     baseline.set_int_custom_property(SERVED_VERSION_PROPERTY, -1)  # nothing served: no version, cold start
     assert ft.add_served_version(props, {"base_model": [baseline]}) == props
