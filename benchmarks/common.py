@@ -136,33 +136,30 @@ def git_commit() -> str:
 
 
 def classification_metrics(matrix: List[List[int]], class_names: List[str]) -> Dict[str, Any]:
-    """Accuracy, macro-F1 and per-class recall/precision/F1 from a confusion matrix (rows: true class)."""
+    """Accuracy, macro-F1 and per-class recall/precision/F1 from a confusion matrix (rows: true class), rounded for
+    the results file. The per-class numbers are the report's (pipeline/reporting/predictions.py): a class never
+    predicted has precision None, and the macro average is over the classes with eval images."""
+    from pipeline.reporting.predictions import per_class_metrics
+
     n = len(matrix)
     total = sum(map(sum, matrix))
-    per_class = {}
-    for i, name in enumerate(class_names):
-        true_count = sum(matrix[i])
-        predicted_count = sum(matrix[r][i] for r in range(n))
-        hit = matrix[i][i]
-        recall = hit / true_count if true_count else 0.0
-        precision = hit / predicted_count if predicted_count else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {
-            "support": true_count,
-            "recall": round(recall, 4),
-            "precision": round(precision, 4),
-            "f1": round(f1, 4),
-        }
+    metrics = per_class_metrics(matrix, class_names)
+    per_class = {name: {key: _rounded(value) for key, value in m.items()} for name, m in metrics["per_class"].items()}
     return {
         "accuracy": round(sum(matrix[i][i] for i in range(n)) / total, 4) if total else None,
-        "macro_f1": round(sum(c["f1"] for c in per_class.values()) / n, 4) if n else None,
+        "macro_f1": _rounded(metrics["macro"]["f1"]),
         "per_class": per_class,
         "smallest_recall": _smallest_recall(per_class),
     }
 
 
+def _rounded(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def _smallest_recall(per_class: Dict[str, Dict[str, Any]]) -> Any:
-    if not per_class:
+    measured = {name: m["recall"] for name, m in per_class.items() if m["recall"] is not None}
+    if not measured:
         return None
-    name = min(per_class, key=lambda k: per_class[k]["recall"])
-    return {"class": name, "recall": per_class[name]["recall"]}
+    name = min(measured, key=measured.get)
+    return {"class": name, "recall": measured[name]}

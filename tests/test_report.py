@@ -5,7 +5,7 @@ has one bad file among the images, so the quarantine list is not empty. Partial 
 the Trainer or after ingestion, or no run at all) are checked by narrowing that run's MLMD view.
 """
 
-import html
+import copy
 import json
 import os
 
@@ -16,17 +16,19 @@ from conftest import SMALL_RUN_BAD_FILE as BAD_FILE
 from conftest import SMALL_RUN_PER_CLASS
 from conftest import SMALL_RUN_PHASE1 as PHASE1_EPOCHS
 from conftest import SMALL_RUN_PHASE2 as PHASE2_EPOCHS
+from markupsafe import escape
 from ml_metadata.proto import metadata_store_pb2
 from PIL import Image
 from tensorflow_model_analysis.proto import validation_result_pb2
 
-from components.fine_tune_trainer import HISTORY_FILE
-from components.image_example_gen import REPORT_FILE
 from pipeline.configs import PipelineConfig
-from pipeline.reporting import report, run_records
+from pipeline.reporting import collect, figures, page, report, run_records, summary
+from pipeline.reporting.predictions import per_class_metrics
 from pipeline.reporting.run_records import latest_artifact_uri
+from serving import sidecars
 
-# BAD_FILE has characters that must be escaped in HTML: the quarantine table shows its path.
+# BAD_FILE has characters that must be escaped in HTML: the quarantine table shows its path. The page escapes with
+# Jinja2's autoescape (markupsafe: `"` is written &#34;, `'` &#39;).
 ACCEPTED = 2 * SMALL_RUN_PER_CLASS
 TAB_GREEN = (44, 160, 44)  # matplotlib's "tab:green": the "start fine-tuning" marker
 RED = (255, 0, 0)  # titles of wrongly classified images
@@ -50,7 +52,7 @@ def _count_colour(pixels, rgb):
 
 
 def _eval_records(config):
-    uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
+    uri = latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples")
     files = tf.io.gfile.glob(os.path.join(uri, "Split-eval", "*"))
     return list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
 
@@ -58,6 +60,10 @@ def _eval_records(config):
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def _esc(text):
+    return str(escape(text))
 
 
 # --- the full run ------------------------------------------------------------------------------------------------
@@ -71,17 +77,17 @@ def test_report_files_and_figures(run):
     for name in report.FIGURES + (report.DATA_FILE,):
         assert os.path.isfile(os.path.join(out_dir, name)), name
 
-    curves = _png(os.path.join(out_dir, report.LEARNING_CURVES_PNG))
+    curves = _png(os.path.join(out_dir, figures.LEARNING_CURVES_PNG))
     assert curves.shape[:2] == (750, 800)
     assert _count_colour(curves, TAB_GREEN) > 100, "no 'start fine-tuning' marker drawn"
     assert len(np.unique(curves.reshape(-1, 3), axis=0)) > 50
 
-    matrix = _png(os.path.join(out_dir, report.CONFUSION_MATRIX_PNG))
+    matrix = _png(os.path.join(out_dir, figures.CONFUSION_MATRIX_PNG))
     assert 400 <= matrix.shape[0] < matrix.shape[1] <= 1700
     assert len(np.unique(matrix.reshape(-1, 3), axis=0)) > 50
 
-    grid = _png(os.path.join(out_dir, report.EVAL_GRID_PNG))
-    rows, columns = report.grid_shape(data["predictions"]["total"])
+    grid = _png(os.path.join(out_dir, figures.EVAL_GRID_PNG))
+    rows, columns = figures.grid_shape(data["predictions"]["total"])
     assert columns == 5 and rows >= 2  # at least 10 eval images in this run
     assert abs(grid.shape[0] - rows * 270) <= 1 and abs(grid.shape[1] - columns * 240) <= 1
     assert len(np.unique(grid.reshape(-1, 3), axis=0)) > 1000  # photos, not blank cells
@@ -100,20 +106,20 @@ def test_html_shows_figures_classes_gate_and_escaped_quarantine(run):
         assert f'<img src="{name}"' in page
     assert "Missing:" not in page
     for name in data["ingestion"]["class_names"]:
-        assert html.escape(name) in page
+        assert _esc(name) in page
     gate = data["gate"]
-    assert html.escape(gate["decision"]) in page
+    assert _esc(gate["decision"]) in page
     assert ("NOT BLESSED" in page) != gate["blessed"]
     assert f"accuracy floor</th><td>{gate['accuracy_floor']:.3f}" in page
     # First run: nothing served, so the per-class comparison says so instead of showing an empty table.
     assert "No model was served when this one was evaluated" in page
     # The quarantine entry: path and reason, escaped.
     entry = data["ingestion"]["quarantined"][0]
-    assert html.escape(entry["path"]) in page and html.escape(entry["reason"]) in page
-    assert "&lt;an&gt; image &amp; &quot;quoted&quot;" in page
+    assert _esc(entry["path"]) in page and _esc(entry["reason"]) in page
+    assert "&lt;an&gt; image &amp; &#34;quoted&#34;" in page
     assert BAD_FILE not in page
     push = data["push"]
-    assert (html.escape(push["destination"]) in page) if push["pushed"] else ("Nothing pushed" in page)
+    assert (_esc(push["destination"]) in page) if push["pushed"] else ("Nothing pushed" in page)
 
 
 @pytest.mark.slow
@@ -123,7 +129,7 @@ def test_report_data_matches_the_artifacts(run):
     assert data["missing"] == {}
     assert all(state in ("complete", "cached") for state in data["components"].values())
 
-    ingest = _read_json(os.path.join(latest_artifact_uri(config, "ImageExampleGen", "examples"), REPORT_FILE))
+    ingest = sidecars.read_ingest_report(latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples"))
     ing = data["ingestion"]
     assert ing["accepted"] == ingest["accepted"] == ACCEPTED
     assert ing["scanned"] == ACCEPTED + 1 and ing["quarantined_count"] == 1
@@ -131,8 +137,7 @@ def test_report_data_matches_the_artifacts(run):
     assert "not an image" in ing["quarantined"][0]["reason"]
     assert ing["accepted_per_split"] == {s: sum(c.values()) for s, c in ingest["accepted_per_split"].items()}
 
-    model_uri = latest_artifact_uri(config, "Trainer", "model")
-    history = _read_json(os.path.join(model_uri, HISTORY_FILE))
+    history = sidecars.read_history(latest_artifact_uri(config, sidecars.TRAINER, "model"))
     tr = data["training"]
     assert tr["final_accuracy"] == history["final_accuracy"]
     assert tr["phase2_start_epoch"] == history["phase2_start_epoch"] == PHASE1_EPOCHS
@@ -149,7 +154,7 @@ def test_report_data_matches_the_artifacts(run):
     ]
 
     gate = data["gate"]
-    blessing_uri = latest_artifact_uri(config, "Evaluator", "blessing")
+    blessing_uri = latest_artifact_uri(config, sidecars.EVALUATOR, "blessing")
     assert gate["blessed"] == os.path.exists(os.path.join(blessing_uri, "BLESSED"))
     assert gate["metric"] == "sparse_categorical_accuracy"  # the same metric for two classes as for many
     assert gate["accuracy_floor"] == config.eval.accuracy_floor
@@ -159,6 +164,9 @@ def test_report_data_matches_the_artifacts(run):
     # The Evaluator ran the same signature on the same examples: the report's own count agrees with TFMA.
     assert pred["accuracy"] == pytest.approx(gate["candidate_accuracy"], abs=1e-6)
     assert set(gate["per_class_accuracy"]) == set(pred["class_names"])
+    # One recall per class on the page: the per-class table's is the gate's (here the same examples, same number).
+    for name, recall in gate["per_class_accuracy"].items():
+        assert pred["per_class"][name]["recall"] == pytest.approx(recall, abs=1e-6)
 
     push = data["push"]
     if gate["blessed"]:
@@ -188,7 +196,7 @@ def test_summary_lines(run):
 def _narrowed(config, last_node):
     """The run's MLMD view as if the pipeline had stopped after `last_node`."""
     real = run_records.load_run(config)
-    kept = report.NODES[: report.NODES.index(last_node) + 1]
+    kept = sidecars.COMPONENT_IDS[: sidecars.COMPONENT_IDS.index(last_node) + 1]
     return run_records.RunView(
         run_id=real.run_id,
         states={n: s for n, s in real.states.items() if n in kept},
@@ -199,11 +207,11 @@ def _narrowed(config, last_node):
 @pytest.mark.slow
 def test_run_stopped_after_trainer_reports_what_is_missing(run, tmp_path, monkeypatch):
     config, _, _ = run
-    view = _narrowed(config, "Trainer")
-    monkeypatch.setattr(report, "load_run", lambda c: view)
+    view = _narrowed(config, sidecars.TRAINER)
+    monkeypatch.setattr(collect, "load_run", lambda c: view)
     out_dir = tmp_path / "after_trainer"
     out_dir.mkdir()
-    (out_dir / report.EVAL_GRID_PNG).write_bytes(b"stale figure of an older report")
+    (out_dir / figures.EVAL_GRID_PNG).write_bytes(b"stale figure of an older report")
     index = report.write_report(config, str(out_dir))
     data = _read_json(out_dir / report.DATA_FILE)
     assert set(data["missing"]) == {"gate"} and "Evaluator did not run" in data["missing"]["gate"]
@@ -214,17 +222,17 @@ def test_run_stopped_after_trainer_reports_what_is_missing(run, tmp_path, monkey
     assert "Not evaluated" in page and "Nothing pushed: Pusher did not run" in page
     for name in report.FIGURES:
         assert f'<img src="{name}"' in page
-    assert os.path.getsize(out_dir / report.EVAL_GRID_PNG) > 10_000  # redrawn, not the stale file
+    assert os.path.getsize(out_dir / figures.EVAL_GRID_PNG) > 10_000  # redrawn, not the stale file
 
 
 @pytest.mark.slow
 def test_ingest_only_run_has_no_figures(run, tmp_path, monkeypatch):
     config, _, _ = run
-    view = _narrowed(config, "SchemaGen")
-    monkeypatch.setattr(report, "load_run", lambda c: view)
+    view = _narrowed(config, sidecars.SCHEMA_GEN)
+    monkeypatch.setattr(collect, "load_run", lambda c: view)
     out_dir = tmp_path / "ingest_only"
     out_dir.mkdir()
-    (out_dir / report.LEARNING_CURVES_PNG).write_bytes(b"stale")
+    (out_dir / figures.LEARNING_CURVES_PNG).write_bytes(b"stale")
     index = report.write_report(config, str(out_dir))
     data = report.report_data(config)
     assert data["ingestion"]["accepted"] == ACCEPTED
@@ -286,10 +294,284 @@ def test_not_pushed_says_why():
     view = run_records.RunView(
         run_id="r1", states={"Pusher": "complete"}, outputs={("Pusher", "pushed_model"): artifact}
     )
-    push = report._push(view, {"decision": "NOT BLESSED: ...", "baseline_version": None})
+    push = collect._push(view, {"decision": "NOT BLESSED: ...", "baseline_version": None})
     assert push == {
         "pushed": False,
         "destination": None,
         "version": None,
         "reason": "the Evaluator did not bless the model (see the gate decision)",
     }
+
+
+# --- the page and the summary from hand-built data (no pipeline run) ---------------------------------------------
+
+NAMES = ["cat <b>", 'dog\'s & "friends"']
+MATRIX = [[9, 1], [2, 8]]
+
+
+def _data(**changes):
+    """Report data as collect.collect builds it, by hand: two classes with characters HTML must escape."""
+    classes = {
+        NAMES[0]: {"recall": 0.9, "baseline_recall": 0.85, "examples": 10, "gated": True},
+        NAMES[1]: {"recall": 0.8, "baseline_recall": 0.82, "examples": 10, "gated": True},
+    }
+    data = {
+        "pipeline_name": "ftune",
+        "pipeline_root": "/tmp/root & co",
+        "run_id": "r1",
+        "generated_at": "2024-01-01T00:00:00",
+        "components": {node: "complete" for node in sidecars.COMPONENT_IDS},
+        "missing": {},
+        "ingestion": {
+            "scanned": 21,
+            "accepted": 20,
+            "accepted_per_split": {"eval": 20},
+            "accepted_per_class": {"eval": {NAMES[0]: 10, NAMES[1]: 10}},
+            "quarantined_count": 51,
+            "quarantined_fraction": 0.5,
+            "quarantined": [
+                {"path": f'/data/<an> image & "quoted" {i}.jpg', "reason": "not an image"} for i in range(50)
+            ],
+            "class_names": NAMES,
+            "input_base": "/data",
+            "spans": [],
+            "examples_uri": "/root/ImageExampleGen/examples/1",
+            "report_path": "/root/ImageExampleGen/examples/1/ingest_report.json",
+        },
+        "training": None,
+        "predictions": {
+            "class_names": NAMES,
+            "confusion_matrix": MATRIX,
+            "total": 20,
+            "correct": 17,
+            "accuracy": 0.85,
+            "eval_split_size": 20,
+            "truncated": False,
+            "max_examples": 2000,
+            "wrong_examples": [],
+            **per_class_metrics(MATRIX, NAMES),
+            "confident_mistakes": [{"file_name": "x.jpg", "true": NAMES[1], "predicted": NAMES[0], "probability": 0.9}],
+            "unsure_correct": [],
+            "signature": "serving_tf_example",
+            "model_dir": "/root/Trainer/model/2/Format-Serving",
+        },
+        "gate": {
+            "blessed": True,
+            "metric": "sparse_categorical_accuracy",
+            "candidate_accuracy": 0.85,
+            "baseline_accuracy": 0.83,
+            "baseline_version": 3,
+            "change_thresholds_used": True,
+            "baseline_note": "",
+            "accuracy_floor": 0.6,
+            "max_accuracy_drop": 0.05,
+            "class_recall_floor": 0.5,
+            "max_class_recall_drop": 0.1,
+            "min_class_examples": 5,
+            "eval_example_count": 20,
+            "macro_recall": 0.85,
+            "baseline_macro_recall": 0.835,
+            "per_class_accuracy": {name: v["recall"] for name, v in classes.items()},
+            "baseline_per_class_accuracy": {name: v["baseline_recall"] for name, v in classes.items()},
+            "classes": classes,
+            "checked": ["overall accuracy >= 0.600"],
+            "failures": [],
+            "evaluation_uri": "/root/Evaluator/evaluation/4",
+            "decision": "BLESSED: accuracy 0.850 >= floor 0.600",
+        },
+        "push": {"pushed": True, "destination": "/serving/4", "version": "4", "reason": "pushed as version 4"},
+        "outcome": {"status": "pushed", "exit_code": 0},
+        "tflite": None,
+        "settings": PipelineConfig().to_dict(),
+    }
+    data.update(changes)
+    return data
+
+
+def _table_rows(page_text, heading):
+    """{first cell: [the other cells]} of the first table after <h2>heading</h2>."""
+    import re
+
+    section = page_text.split(f"<h2>{heading}</h2>", 1)[1].split("</table>", 1)[0]
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", section):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        if cells:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_page_from_numbers_escapes_user_text():
+    data = _data()
+    page_text = page.render_html(data, {})
+    for heading in ("Ingestion", "Quarantine", "Per-class precision, recall and F1", "Gate (Evaluator)", "Push"):
+        assert f"<h2>{heading}</h2>" in page_text, heading
+    assert '<p class="verdict blessed">BLESSED: accuracy 0.850 &gt;= floor 0.600<br>Pushed: /serving/4' in page_text
+    assert "accuracy floor</th><td>0.600" in page_text
+    # Class names, paths and reasons are the user's: escaped wherever they appear, never raw.
+    assert "cat &lt;b&gt;" in page_text and "dog&#39;s &amp; &#34;friends&#34;" in page_text
+    assert "&lt;an&gt; image &amp; &#34;quoted&#34; 0.jpg" in page_text and "<an>" not in page_text
+    assert "<code>/tmp/root &amp; co</code>" in page_text
+    assert "&hellip; and 1 more" in page_text  # 51 quarantined, 50 listed
+    for name in report.FIGURES[1:] + (figures.MISTAKES_PNG,):  # drawn (no status given): shown
+        assert f'<img src="{name}"' in page_text
+    assert "Missing: no training history" in page_text  # training is None, with no reason recorded
+    # A figure that could not be drawn says why; "none": nothing to rank.
+    status = {figures.CONFUSION_MATRIX_PNG: "could not be drawn: ValueError: <bad>", figures.UNSURE_PNG: "none"}
+    page_text = page.render_html(data, status)
+    assert "Missing: confusion_matrix.png: could not be drawn: ValueError: &lt;bad&gt;" in page_text
+    assert "<p>None among the eval images.</p>" in page_text
+
+
+def test_per_class_recall_on_the_page_is_the_gates():
+    """The report's own predictions are capped (MAX_PREDICT_EXAMPLES): on a big eval split their recall can differ
+    from TFMA's over every example. The page shows one recall per class, the gate's; precision and F1 are the
+    report's."""
+    data = _data()
+    data["predictions"]["truncated"] = True
+    data["gate"]["classes"][NAMES[0]]["recall"] = 0.95  # TFMA over all eval images; the report's own says 0.9
+    data["gate"]["macro_recall"] = 0.875
+    page_text = page.render_html(data, {})
+    rows = _table_rows(page_text, "Per-class precision, recall and F1")
+    own = data["predictions"]["per_class"][NAMES[0]]
+    assert rows["cat &lt;b&gt;"] == [f"{own['precision']:.3f}", "0.950", f"{own['f1']:.3f}", "10"]
+    assert rows["macro average"][1] == "0.875"
+    assert "0.900" not in page_text.split("<h2>Per-class precision, recall and F1</h2>", 1)[1].split("</table>")[0]
+    assert "as the Evaluator measured it" in page_text
+    assert _table_rows(page_text, "Gate (Evaluator)")  # the gate's own table shows the same number
+    assert '<td>cat &lt;b&gt;</td><td class="num">10</td><td class="num">0.950</td>' in page_text
+    # No gate (the Evaluator did not run): the report's own recall, and the page says where it comes from.
+    page_text = page.render_html(_data(gate=None, missing={"gate": "Evaluator did not run"}), {})
+    assert _table_rows(page_text, "Per-class precision, recall and F1")["cat &lt;b&gt;"][1] == "0.900"
+    assert "no gate result" in page_text and "Not evaluated: Evaluator did not run" in page_text
+
+
+def test_per_class_metrics_and_served_comparison_from_numbers():
+    metrics = per_class_metrics([[8, 2, 0], [1, 9, 0], [0, 0, 0]], ["a", "b", "c"])
+    assert metrics["per_class"]["a"] == {
+        "precision": 8 / 9,
+        "recall": 0.8,
+        "f1": pytest.approx(2 * (8 / 9) * 0.8 / (8 / 9 + 0.8)),
+        "support": 10,
+    }
+    assert metrics["per_class"]["c"]["precision"] is None and metrics["per_class"]["c"]["support"] == 0
+    assert metrics["macro"]["recall"] == pytest.approx((0.8 + 0.9) / 2)  # classes without eval images left out
+    data = _data()
+    data["gate"].update(
+        metric="binary_accuracy",
+        per_class_accuracy={"cat": 0.9, "dog": 0.8},
+        baseline_per_class_accuracy={"cat": 0.85, "dog": 0.82},
+    )
+    page_text = page.render_html(data, {})
+    assert "served version 3" in page_text
+    assert _table_rows(page_text, "Candidate versus served model, per class") == {
+        "cat": ["0.900", "0.850", "+0.050"],
+        "dog": ["0.800", "0.820", "-0.020"],
+    }
+    data["gate"]["baseline_per_class_accuracy"] = {}
+    assert "No model was served when this one was evaluated" in page.render_html(data, {})
+
+
+def test_settings_section_lists_every_setting():
+    page_text = page.render_html(_data(settings=PipelineConfig().to_dict(), ingestion=None), {})
+    assert "<td>push.tflite</td><td>off</td>" in page_text and "<td>trainer.image_size</td><td>160</td>" in page_text
+    assert "<p>Not requested (<code>push.tflite: off</code>).</p>" in page_text
+
+
+def test_run_summary_data_collects_the_run_once(tmp_path, monkeypatch):
+    """`ftune run`'s summary data is the report's own collection (one pass), less the report's predictions."""
+    config = PipelineConfig(pipeline_root=str(tmp_path / "never_ran"))
+    passes = []
+
+    def counted(*args, **kwargs):
+        passes.append(kwargs)
+        return collect.collect(*args, **kwargs)
+
+    monkeypatch.setattr(report, "collect", counted)
+    data = summary.run_summary_data(config, {"wall_s": 1.25, "data_root": "/d"}, {})
+    assert len(passes) == 1
+    assert "predictions" not in data and "predictions" not in data["missing"]
+    assert data["report"] == os.path.join(config.pipeline_root, "report", "index.html") and os.path.isfile(
+        data["report"]
+    )
+    assert data["wall_s"] == 1.2 and data["ingestion"] is None and "no metadata store" in data["missing"]["gate"]
+    text = summary.run_summary(config, {"wall_s": 1.25}, {}, copy.deepcopy(data))
+    assert "outcome: not_finished (exit code 1)" in text and f"report: {data['report']}" in text
+
+
+def _artifact(uri, **properties):
+    artifact = metadata_store_pb2.Artifact(uri=str(uri))
+    for name, value in properties.items():
+        field = "int_value" if isinstance(value, int) else "string_value"
+        setattr(artifact.custom_properties[name], field, value)
+    return artifact
+
+
+def test_collect_reads_every_part_through_the_sidecars(tmp_path, monkeypatch):
+    """Each part from the file its component wrote (serving/sidecars.py), found through the run's artifacts."""
+    examples, model, evaluation, served = (tmp_path / n for n in ("examples", "model", "evaluation", "serving"))
+    sidecars.write_ingest_report(
+        str(examples),
+        {
+            "scanned": 21,
+            "accepted": 20,
+            "accepted_per_split": {"train": {"a": 6, "b": 4}, "eval": {"a": 5, "b": 5}},
+            "class_names": ["a", "b"],
+            "quarantined": [{"path": "/d/x.jpg", "reason": "not an image"}],
+            "quarantined_count": 1,
+            "quarantined_fraction": 1 / 21,
+            "input_base": "/d",
+        },
+    )
+    sidecars.write_history(
+        str(model),
+        {"phase": [1, 1, 2], "accuracy": [0.5, 0.6, 0.7], "final_accuracy": {"phase1": 0.6, "phase2": 0.7}},
+    )
+    lite = dict(mode="int8", size_bytes=2048, tflite_accuracy=0.8, saved_model_accuracy=0.8, accepted=True)
+    sidecars.write_tflite_record(sidecars.serving_model_dir(str(model)), lite)
+    classes = {"a": {"recall": 0.8, "baseline_recall": None, "examples": 5, "gated": True}}
+    thresholds = dict(accuracy_floor=0.6, max_accuracy_drop=None, class_recall_floor=0.5, max_class_recall_drop=None)
+    sidecars.write_gate(
+        str(evaluation),
+        {
+            **dict(blessed=True, metric="sparse_categorical_accuracy", accuracy=0.8, baseline_accuracy=None),
+            **dict(baseline_version=None, change_thresholds_used=False, baseline_note="nothing served"),
+            **dict(eval_examples=10, macro_recall=0.8, baseline_macro_recall=None, classes=classes),
+            "thresholds": {**thresholds, "min_class_examples": 5},
+            **dict(checked=["overall accuracy >= 0.600"], failures=[], decision="BLESSED: ..."),
+        },
+    )
+    (served / "1").mkdir(parents=True)
+    (served / "1" / "model.tflite").write_bytes(b"tflite")
+    view = run_records.RunView(
+        run_id="r1",
+        states={node: "complete" for node in sidecars.COMPONENT_IDS},
+        outputs={
+            (sidecars.EXAMPLE_GEN, "examples"): _artifact(examples),
+            (sidecars.TRAINER, "model"): _artifact(model),
+            (sidecars.EVALUATOR, "evaluation"): _artifact(evaluation),
+            (sidecars.EVALUATOR, "blessing"): _artifact(tmp_path / "blessing", blessed=1),
+            (sidecars.PUSHER, "pushed_model"): _artifact(
+                tmp_path / "push", pushed=1, pushed_version="1", pushed_destination=str(served / "1")
+            ),
+        },
+    )
+    monkeypatch.setattr(collect, "load_run", lambda c: view)
+    data = collect.collect(PipelineConfig(pipeline_root=str(tmp_path)), with_predictions=True, keep_images=False).data
+    json.dumps(data)
+    assert set(data["missing"]) == {"predictions"} and "no eval split under" in data["missing"]["predictions"]
+    ing = data["ingestion"]
+    assert ing["accepted_per_split"] == {"eval": 10, "train": 10} and ing["quarantined_count"] == 1
+    assert ing["report_path"] == sidecars.ingest_report_path(str(examples))
+    assert data["training"]["epochs_per_phase"] == {"phase1": 2, "phase2": 1}
+    assert data["training"]["history_path"] == sidecars.history_path(str(model))
+    gate = data["gate"]
+    assert gate["blessed"] and gate["per_class_accuracy"] == {"a": 0.8} and gate["accuracy_floor"] == 0.6
+    assert data["push"]["pushed"] and data["outcome"]["status"] == "pushed"
+    assert data["tflite"]["pushed_path"] == str(served / "1" / "model.tflite")
+    lines = report.summary_lines(data)
+    assert lines[0] == "ingestion: 20 accepted (eval 10, train 10), 1 quarantined"
+    assert (
+        lines[-1]
+        == f"tflite (int8): 2 KB, accuracy 0.800 vs SavedModel 0.800; accepted, pushed {served}/1/model.tflite"
+    )

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Optional
 
-from components.image_example_gen import REPORT_FILE
-
-
-def load_ingest_report(examples_uri: Optional[str]) -> Optional[dict]:
-    if not examples_uri:
-        return None
-    path = os.path.join(examples_uri, REPORT_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+from serving import sidecars
 
 
 def ingest_summary(examples_uri: Optional[str]) -> str:
-    report = load_ingest_report(examples_uri)
+    report = sidecars.read_ingest_report(examples_uri)
     if report is None:
         return "ingestion: no report found"
     per_split = ", ".join(f"{split} {sum(c.values())}" for split, c in sorted(report["accepted_per_split"].items()))
@@ -32,18 +20,22 @@ def ingest_summary(examples_uri: Optional[str]) -> str:
         lines.append(f"  quarantined {record['path']}: {record['reason']}")
     if report["quarantined_count"] > 10:
         lines.append(f"  ... and {report['quarantined_count'] - 10} more")
-    lines.append(f"  report: {os.path.join(examples_uri, REPORT_FILE)}")
+    lines.append(f"  report: {sidecars.ingest_report_path(examples_uri)}")
     return "\n".join(lines)
 
 
 def run_summary_data(config, result: dict, timings: dict) -> dict:
     """The facts of the end-of-run summary as JSON-serialisable data (what `ftune run --json` prints): the
     report's numbers (ingestion, training, gate, push, TFLite; `missing` says why a part is absent), per-component
-    times, the pipeline's wall time, the data root and where the HTML report is (written here)."""
-    from pipeline.reporting.report import report_data, write_report
+    times, the pipeline's wall time, the data root and where the HTML report is (written here).
 
-    report_path = write_report(config)
-    data = report_data(config, with_predictions=False)
+    The run is collected once, by the report; its own predictions (confusion matrix, ranked images) stay in the
+    report's report_data.json and are left out here."""
+    from pipeline.reporting.report import build_report
+
+    report_path, report = build_report(config)
+    data = {key: value for key, value in report.items() if key != "predictions"}
+    data["missing"] = {part: why for part, why in report["missing"].items() if part != "predictions"}
     data.update(
         components_time=timings,
         wall_s=round(result["wall_s"], 1),
