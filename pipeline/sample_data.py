@@ -23,6 +23,13 @@ Drawing: a shape is a list of polygons in unit coordinates (extent about 1), eac
 place, drawn at 3x resolution and box-downsampled, which gives anti-aliased edges. The foreground colour is then
 composited onto the background through that mask.
 
+Layouts: ``generate_sample_data`` writes class folders at the top (``<class>/<file>``, split by hash when
+ingested); ``generate_presplit_sample_data`` writes the same images into ``<train_dir>/<class>/`` and
+``<eval_dir>/<class>/``, the last ``eval_fraction`` of each class held out. ``ftune run`` without a data root uses
+the pre-split layout (class folders at the top only when data.split_mode is hash), so that every class gets its
+share of eval images: the per-class gate needs eval.min_class_examples (10) eval images of a class to gate it, and a
+hash split of the demo's 60 images per class had given the three classes 12, 7 and 6.
+
 Determinism: image ``i`` of class ``k`` uses its own generator ``numpy.random.default_rng([seed, k, i])``, so the
 same arguments give byte-identical files (Pillow's JPEG and PNG encoders are deterministic and no metadata or
 timestamps are written), and an image does not change when ``classes`` or ``per_class`` grows. Inside one image the
@@ -341,8 +348,47 @@ def _validate(classes: int, per_class: int, seed: int) -> None:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
 
 
+def eval_count(per_class: int, eval_fraction: float) -> int:
+    """Images per class held out by generate_presplit_sample_data: eval_fraction of them, rounded, and at least one
+    in each split."""
+    if per_class < 2:
+        raise ValueError(
+            f"per_class must be at least 2 for a pre-split set (one train, one eval image), got {per_class}"
+        )
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be between 0 and 1 (exclusive), got {eval_fraction}")
+    return min(max(round(per_class * eval_fraction), 1), per_class - 1)
+
+
+class _Progress:
+    """Counts written images and reports every PROGRESS_EVERY of them, and the last one."""
+
+    def __init__(self, total: int, report: Optional[Callable[[str], None]]):
+        self.total, self.done, self.report = total, 0, report
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.report is not None and (self.done % PROGRESS_EVERY == 0 or self.done == self.total):
+            self.report(f"sample data: {self.done}/{self.total} images")
+
+
+def _write_images(class_dir: str, name: str, class_index: int, indices: range, seed: int, progress: _Progress) -> None:
+    """Images `indices` of one class into class_dir, as <name>_<index>.jpg / .png."""
+    os.makedirs(class_dir, exist_ok=True)
+    for image_index in indices:
+        rng = np.random.default_rng([seed, class_index, image_index])
+        sample = render_sample(name, rng)
+        stem = os.path.join(class_dir, f"{name}_{image_index:04d}")
+        extension, other_extension = ("jpg", "png") if sample.fmt == "JPEG" else ("png", "jpg")
+        if os.path.exists(f"{stem}.{other_extension}"):
+            os.remove(f"{stem}.{other_extension}")  # left by an earlier run with another seed
+        with open(f"{stem}.{extension}", "wb") as f:
+            f.write(encode_sample(sample))
+        progress.tick()
+
+
 def generate_sample_data(
-    out_dir: str, classes: int = 3, per_class: int = 60, seed: int = 0, progress: Optional[Callable[[str], None]] = None
+    out_dir: str, classes: int, per_class: int, seed: int, progress: Optional[Callable[[str], None]] = None
 ) -> Dict[str, int]:
     """Writes out_dir/<class_name>/<file> images; returns {class_name: count}.
 
@@ -350,23 +396,36 @@ def generate_sample_data(
     Existing images with the same stem are replaced; other files in out_dir are left alone.
     """
     _validate(classes, per_class, seed)
-    total = classes * per_class
-    done = 0
+    tracker = _Progress(classes * per_class, progress)
     counts: Dict[str, int] = {}
     for class_index, name in enumerate(SHAPE_NAMES[:classes]):
-        class_dir = os.path.join(out_dir, name)
-        os.makedirs(class_dir, exist_ok=True)
-        for image_index in range(per_class):
-            rng = np.random.default_rng([seed, class_index, image_index])
-            sample = render_sample(name, rng)
-            stem = os.path.join(class_dir, f"{name}_{image_index:04d}")
-            extension, other_extension = ("jpg", "png") if sample.fmt == "JPEG" else ("png", "jpg")
-            if os.path.exists(f"{stem}.{other_extension}"):
-                os.remove(f"{stem}.{other_extension}")  # left by an earlier run with another seed
-            with open(f"{stem}.{extension}", "wb") as f:
-                f.write(encode_sample(sample))
-            done += 1
-            if progress is not None and (done % PROGRESS_EVERY == 0 or done == total):
-                progress(f"sample data: {done}/{total} images")
+        _write_images(os.path.join(out_dir, name), name, class_index, range(per_class), seed, tracker)
         counts[name] = per_class
+    return counts
+
+
+def generate_presplit_sample_data(
+    out_dir: str,
+    classes: int,
+    per_class: int,
+    seed: int,
+    eval_fraction: float,
+    train_dir: str,
+    eval_dir: str,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Dict[str, int]]:
+    """The images generate_sample_data(classes, per_class, seed) writes, split into out_dir/<train_dir>/<class>/ and
+    out_dir/<eval_dir>/<class>/: the last eval_count(per_class, eval_fraction) images of each class go to eval_dir.
+    Returns {train_dir: {class_name: count}, eval_dir: {class_name: count}}."""
+    _validate(classes, per_class, seed)
+    held_out = eval_count(per_class, eval_fraction)
+    if train_dir == eval_dir:
+        raise ValueError(f"train_dir and eval_dir must differ, both are {train_dir!r}")
+    tracker = _Progress(classes * per_class, progress)
+    counts: Dict[str, Dict[str, int]] = {train_dir: {}, eval_dir: {}}
+    for class_index, name in enumerate(SHAPE_NAMES[:classes]):
+        splits = ((train_dir, range(per_class - held_out)), (eval_dir, range(per_class - held_out, per_class)))
+        for split_dir, indices in splits:
+            _write_images(os.path.join(out_dir, split_dir, name), name, class_index, indices, seed, tracker)
+            counts[split_dir][name] = len(indices)
     return counts

@@ -64,6 +64,7 @@ SMALL_RUN_PHASE1, SMALL_RUN_PHASE2 = 3, 2
 SMALL_RUN_SETTINGS = [
     "data.sample_classes=2",
     f"data.sample_per_class={SMALL_RUN_PER_CLASS}",
+    "data.split_mode=hash",  # sample data with class folders at the top: the bad file goes into one of them
     "data.max_quarantine_fraction=0.05",  # 1 bad file of 81
     "trainer.image_size=96",
     "trainer.batch_size=16",
@@ -97,3 +98,44 @@ def small_run(tmp_path_factory):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return config, result, json.loads(result.stdout)
+
+
+# --- helpers of the modules that read the shared small run -----------------------------------------------------
+
+
+def ftune_cli(*args, timeout=300):
+    """`python -m pipeline.cli ARGS` from the repository root, output captured."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def eval_split_images(config):
+    """[(file name, encoded bytes, label)] of the eval split, from ImageExampleGen's output."""
+    import tensorflow as tf
+
+    from pipeline.reporting.run_records import latest_artifact_uri
+
+    uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
+    files = tf.io.gfile.glob(os.path.join(uri, "Split-eval", "*"))
+    out = []
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+        feature = tf.train.Example.FromString(record).features.feature
+        out.append(
+            (
+                feature["file_name"].bytes_list.value[0].decode(),
+                feature["image"].bytes_list.value[0],
+                int(feature["label"].int64_list.value[0]),
+            )
+        )
+    return out
+
+
+def served_version_1(config):
+    """(folder, loaded SavedModel) of version 1 in the serving folder: what the small run pushed."""
+    import tensorflow as tf
+
+    version_dir = os.path.join(config.serving_model_dir, "1")
+    return version_dir, tf.saved_model.load(version_dir)

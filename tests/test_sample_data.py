@@ -1,5 +1,7 @@
-"""Procedural sample data: layout, determinism, formats and modes, and that only the shape identifies the class."""
+"""Procedural sample data: layouts (class folders, pre-split), determinism, formats and modes, and that only the shape
+identifies the class."""
 
+import json
 import os
 import re
 
@@ -7,7 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from pipeline.sample_data import SHAPE_NAMES, generate_sample_data, render_sample
+from pipeline.configs import ConfigError, DataConfig, EvalConfig, load_config
+from pipeline.sample_data import (
+    SHAPE_NAMES,
+    eval_count,
+    generate_presplit_sample_data,
+    generate_sample_data,
+    render_sample,
+)
 
 FILE_NAME = re.compile(r"^(?P<name>[a-z]+)_(?P<index>\d{4})\.(?P<ext>jpg|png)$")
 
@@ -71,6 +80,10 @@ def test_class_names_are_readable_words_in_a_fixed_order(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(SHAPE_NAMES[:8])
 
 
+VALID = {"classes": 3, "per_class": 10, "seed": 0}
+PRESPLIT = {"eval_fraction": 0.2, "train_dir": "train", "eval_dir": "validation"}
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
@@ -84,7 +97,25 @@ def test_class_names_are_readable_words_in_a_fixed_order(tmp_path):
 def test_invalid_arguments_raise_before_writing(tmp_path, kwargs, fragment):
     out_dir = tmp_path / "out"
     with pytest.raises(ValueError, match=fragment):
-        generate_sample_data(str(out_dir), **kwargs)
+        generate_sample_data(str(out_dir), **{**VALID, **kwargs})
+    with pytest.raises(ValueError, match=fragment):
+        generate_presplit_sample_data(str(out_dir), **{**VALID, **PRESPLIT, **kwargs})
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"per_class": 1}, "per_class must be at least 2 for a pre-split set"),
+        ({"eval_fraction": 0.0}, "eval_fraction must be between 0 and 1"),
+        ({"eval_fraction": 1.0}, "eval_fraction must be between 0 and 1"),
+        ({"eval_dir": "train"}, "train_dir and eval_dir must differ"),
+    ],
+)
+def test_invalid_split_arguments_raise_before_writing(tmp_path, kwargs, fragment):
+    out_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=fragment):
+        generate_presplit_sample_data(str(out_dir), **{**VALID, **PRESPLIT, **kwargs})
     assert not out_dir.exists()
 
 
@@ -92,6 +123,93 @@ def test_progress_is_reported_every_100_images(tmp_path):
     messages = []
     generate_sample_data(str(tmp_path), classes=3, per_class=70, seed=0, progress=messages.append)
     assert messages == ["sample data: 100/210 images", "sample data: 200/210 images", "sample data: 210/210 images"]
+
+
+def test_progress_counts_both_splits(tmp_path):
+    messages = []
+    generate_presplit_sample_data(str(tmp_path), classes=2, per_class=60, seed=0, **PRESPLIT, progress=messages.append)
+    assert messages == ["sample data: 100/120 images", "sample data: 120/120 images"]
+
+
+# ------------------------------------------------------------------------------------------------- pre-split layout
+
+
+@pytest.mark.parametrize(
+    "per_class, eval_fraction, expected",
+    [(60, 0.2, 12), (40, 0.2, 8), (12, 0.2, 2), (2, 0.2, 1), (10, 0.95, 9), (7, 0.5, 4)],
+)
+def test_eval_count_rounds_and_leaves_an_image_in_each_split(per_class, eval_fraction, expected):
+    assert eval_count(per_class, eval_fraction) == expected
+
+
+def test_presplit_holds_the_same_images_the_last_of_each_class_held_out(small_set, tmp_path):
+    root, _ = small_set
+    counts = generate_presplit_sample_data(str(tmp_path), classes=3, per_class=60, seed=0, **PRESPLIT)
+    assert counts == {
+        "train": {"circle": 48, "square": 48, "triangle": 48},
+        "validation": {"circle": 12, "square": 12, "triangle": 12},
+    }
+    assert sorted(os.listdir(tmp_path)) == ["train", "validation"]
+    split = _files(str(tmp_path))
+    assert {name.split(os.sep, 1)[1]: data for name, data in split.items()} == _files(root)
+    for name in split:
+        split_dir, _, file_name = name.split(os.sep)
+        index = int(FILE_NAME.match(file_name)["index"])
+        assert split_dir == ("validation" if index >= 48 else "train"), name
+
+
+def test_default_sample_data_gives_every_class_enough_eval_images_to_gate():
+    """The demo (`ftune run` with the defaults) gates the recall of every class, not only of the lucky ones."""
+    data, gate = DataConfig(), EvalConfig()
+    assert data.split_mode != "hash"  # so the sample data is pre-split
+    assert eval_count(data.sample_per_class, data.eval_fraction) >= gate.min_class_examples
+
+
+def test_presplit_sample_data_is_read_as_presplit_with_every_class_in_both_splits(tmp_path):
+    from components import image_example_gen as eg
+
+    counts = generate_presplit_sample_data(str(tmp_path), classes=3, per_class=10, seed=0, **PRESPLIT)
+    assert eg.resolve_split_mode(str(tmp_path), "auto", "train", "validation") == "presplit"
+    input_config = eg.make_input_config("presplit", "train", "validation")
+    assert eg.check_layout(str(tmp_path), input_config) == sorted(SHAPE_NAMES[:3])
+    listed = eg.input_files(str(tmp_path), input_config, [])
+    for split_dir, per_class in counts.items():
+        for name, count in per_class.items():
+            assert sum(path.startswith(f"{split_dir}/{name}/") for _, path in listed) == count
+
+
+def _config(tmp_path, *settings):
+    return load_config(None, [f"pipeline_root={tmp_path}", "data.sample_per_class=10", *settings]).absolute_paths()
+
+
+def test_ftune_run_sample_data_is_presplit_unless_hash_is_asked_for(tmp_path):
+    from pipeline.local_runner import ensure_sample_data
+
+    messages = []
+    root = ensure_sample_data(_config(tmp_path), progress=messages.append)
+    assert sorted(os.listdir(root)) == [".params.json", "train", "validation"]
+    assert [len(os.listdir(os.path.join(root, "validation", name))) for name in SHAPE_NAMES[:3]] == [2, 2, 2]
+    assert ensure_sample_data(_config(tmp_path), progress=messages.append) == root
+    assert messages[-1] == f"using sample data in {root}"  # same settings: the folder is reused, not rewritten
+
+    # data.split_mode=hash: class folders at the top, the same images as before the sample data was pre-split.
+    root = ensure_sample_data(_config(tmp_path, "data.split_mode=hash"), progress=messages.append)
+    assert sorted(os.listdir(root)) == [".params.json", *SHAPE_NAMES[:3]]
+    with open(os.path.join(root, ".params.json")) as f:
+        assert json.load(f) == {"classes": 3, "per_class": 10, "seed": 0}
+    flat = tmp_path / "flat"
+    generate_sample_data(str(flat), classes=3, per_class=10, seed=0)
+    assert {k: v for k, v in _files(root).items() if k != ".params.json"} == _files(str(flat))
+
+    # Other split folder names are followed.
+    settings = ("data.train_dir=fit", "data.eval_dir=holdout")
+    root = ensure_sample_data(_config(tmp_path, *settings), progress=messages.append)
+    assert sorted(os.listdir(root)) == [".params.json", "fit", "holdout"]
+
+
+def test_sample_per_class_needs_an_image_for_each_split():
+    with pytest.raises(ConfigError, match="data.sample_per_class must be at least 2"):
+        load_config(None, ["data.sample_per_class=1"])
 
 
 # ---------------------------------------------------------------------------------------------------- determinism
