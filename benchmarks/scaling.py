@@ -101,11 +101,11 @@ def run_size(args, size: int, work: str) -> Dict[str, Any]:
     from pipeline.configs import load_config
     from pipeline.reporting.report import report_data
     from pipeline.reporting.run_records import component_timings
+    from serving import sidecars
 
     config = load_config(None, [f"pipeline_root={root}"])
     data = report_data(config, with_predictions=False)
-    with open(data["training"]["history_path"]) as f:
-        history = json.load(f)
+    history = sidecars.read_history(data["training"]["model_uri"]) or {}
     result = {
         "images": size,
         "wall_s": measured["wall_s"],

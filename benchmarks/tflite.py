@@ -42,11 +42,12 @@ def measured_run(mode: str, data: str, weights: str, settings: List[str], work: 
 
     from pipeline.configs import load_config
     from pipeline.reporting.report import report_data
-    from serving.tflite import TFLITE_FILE, read_record
+    from serving.sidecars import read_tflite_record
+    from serving.tflite import TFLITE_FILE
 
     config = load_config(None, [f"pipeline_root={root}"])
     version_dir = os.path.join(config.serving_model_dir, "1")
-    record = read_record(version_dir)
+    record = read_tflite_record(version_dir)
     result = {
         "tflite": record,
         "tflite_pushed": os.path.exists(os.path.join(version_dir, TFLITE_FILE)),

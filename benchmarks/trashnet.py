@@ -69,13 +69,13 @@ def run_seed(args, data_dir: str, work: str, seed: int, default_seed: int) -> Di
     from pipeline.configs import load_config
     from pipeline.reporting.report import report_data
     from pipeline.reporting.run_records import component_timings
+    from serving import sidecars
 
     config = load_config(None, [f"pipeline_root={root}"])
     data = report_data(config)
     predictions = data["predictions"]
     metrics = classification_metrics(predictions["confusion_matrix"], predictions["class_names"])
-    with open(data["training"]["history_path"]) as f:
-        history = json.load(f)
+    history = sidecars.read_history(data["training"]["model_uri"]) or {}
     result = {
         "seed": seed,
         "overrides": overrides,

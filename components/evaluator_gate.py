@@ -23,9 +23,7 @@ included.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
@@ -33,13 +31,13 @@ from tfx import types
 from tfx import v1 as tfx
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import base_beam_component, executor_spec
-from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils, proto_utils
 
 from components.served_model_baseline import SERVED_VERSION_PROPERTY, is_served
-from serving.signatures import ASSETS_EXTRA, LABELS_FILE, OUTPUT_PROBABILITIES, TF_EXAMPLE_SIGNATURE
+from serving import sidecars
+from serving.signatures import OUTPUT_PROBABILITIES, TF_EXAMPLE_SIGNATURE
 from trainer.features import CLASS_NAME_KEY, LABEL_KEY
 
 # A change threshold compares candidate - baseline against -max_drop; the epsilon makes "equal" pass with
@@ -52,7 +50,6 @@ _EPSILON = 1e-10
 ACCURACY_METRIC = "SparseCategoricalAccuracy"
 ACCURACY_NAME = "sparse_categorical_accuracy"  # TFMA's name for it in results
 PREDICTION_KEY = OUTPUT_PROBABILITIES
-GATE_FILE = "gate.json"
 EVAL_SPLIT = "eval"
 
 
@@ -74,13 +71,14 @@ def _is_overall(spec: tfma.SlicingSpec) -> bool:
 def make_eval_config(
     accuracy_floor: float,
     max_accuracy_drop: float,
-    class_recall_floor: float = 0.0,
-    max_class_recall_drop: float = 1.0,
+    class_recall_floor: float,
+    max_class_recall_drop: float,
 ) -> tfma.EvalConfig:
     """The gate as compiled: overall accuracy thresholds, and per-class thresholds on the true-class slices.
 
     The per-class threshold names the class column (every class); at run time the executor narrows it to the
-    classes with at least min_class_examples eval images (`with_gated_classes`)."""
+    classes with at least min_class_examples eval images (`with_gated_classes`). Every threshold is required (the
+    values are components/settings.py's EvalConfig): a forgotten one fails here instead of gating at 0."""
     model_spec = dict(
         signature_name=TF_EXAMPLE_SIGNATURE,
         label_key=LABEL_KEY,
@@ -185,33 +183,6 @@ def thresholds_of(eval_config: tfma.EvalConfig) -> Dict[str, Optional[float]]:
                 if threshold.HasField("change_threshold"):
                     found[drop] = round(-threshold.change_threshold.absolute.value, 6)
     return found
-
-
-# --- labels and eval counts the gate needs before it runs -----------------------------------------------------
-
-
-def model_labels(model_uri: str) -> Optional[List[str]]:
-    """The label vocabulary a model artifact was exported with (labels.txt beside or inside the SavedModel)."""
-    for path in (
-        os.path.join(model_uri, "Format-Serving", ASSETS_EXTRA, LABELS_FILE),
-        os.path.join(model_uri, LABELS_FILE),
-    ):
-        if fileio.exists(path):
-            with fileio.open(path, "r") as f:
-                return [line.rstrip("\n") for line in f.read().splitlines() if line.strip()]
-    return None
-
-
-def eval_class_counts(examples_uri: str) -> Dict[str, int]:
-    """Accepted eval images per class, from ImageExampleGen's ingest report."""
-    from components.image_example_gen import REPORT_FILE
-
-    path = os.path.join(examples_uri, REPORT_FILE)
-    if not fileio.exists(path):
-        return {}
-    with fileio.open(path, "r") as f:
-        report = json.load(f)
-    return {str(k): int(v) for k, v in report.get("accepted_per_split", {}).get(EVAL_SPLIT, {}).items()}
 
 
 # --- what the gate found --------------------------------------------------------------------------------------
@@ -389,20 +360,6 @@ def decision_text(summary: Dict[str, Any]) -> str:
     return f"{text}; floors only: {summary['baseline_note']}"
 
 
-def read_gate_summary(artifact_uri: str) -> Optional[Dict[str, Any]]:
-    path = os.path.join(artifact_uri, GATE_FILE)
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path, "r") as f:
-        return json.load(f)
-
-
-def _write_gate_summary(artifact_uri: str, summary: Dict[str, Any]) -> None:
-    fileio.makedirs(artifact_uri)
-    with fileio.open(os.path.join(artifact_uri, GATE_FILE), "w") as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True))
-
-
 class Executor(evaluator_executor.Executor):
     """TFX's Evaluator, plus: a baseline only when one is served with the same label vocabulary, per-class
     thresholds only on classes with enough eval images, the per-run floor, and gate.json."""
@@ -415,7 +372,7 @@ class Executor(evaluator_executor.Executor):
     ) -> None:
         exec_properties = with_accuracy_floor(exec_properties)
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
-        labels = model_labels(model.uri) or []
+        labels = sidecars.read_labels(model.uri) or []
         key = standard_component_specs.BASELINE_MODEL_KEY
         baseline = (input_dict.get(key) or [None])[0]
         baseline_version, note = None, ""
@@ -423,7 +380,7 @@ class Executor(evaluator_executor.Executor):
             note = "no model served yet, so nothing to compare with"
         elif baseline is not None:
             baseline_version = baseline.get_int_custom_property(SERVED_VERSION_PROPERTY)
-            served_labels = model_labels(baseline.uri)
+            served_labels = sidecars.read_labels(baseline.uri)
             if served_labels != labels:
                 note = (
                     f"the served model (version {baseline_version}) has a different label vocabulary "
@@ -434,8 +391,8 @@ class Executor(evaluator_executor.Executor):
             logging.info("Evaluator: %s; floors only", note)
             input_dict = {k: v for k, v in input_dict.items() if k != key}
         examples = artifact_utils.get_single_instance(input_dict[standard_component_specs.EXAMPLES_KEY])
-        counts = eval_class_counts(examples.uri)
-        min_examples = int(exec_properties.get(MIN_CLASS_EXAMPLES_KEY) or 1)
+        counts = sidecars.eval_class_counts(examples.uri, EVAL_SPLIT)
+        min_examples = int(exec_properties[MIN_CLASS_EXAMPLES_KEY])
         gated = [c for c in labels if counts.get(c, 0) >= min_examples]
         logging.info("Evaluator: per-class recall gated for %s (min %d eval images)", gated, min_examples)
         configured = _load_eval_config(exec_properties)  # before narrowing: the class thresholds as configured
@@ -455,7 +412,7 @@ class Executor(evaluator_executor.Executor):
         )
         blessing = artifact_utils.get_single_instance(output_dict[standard_component_specs.BLESSING_KEY])
         for uri in (evaluation.uri, blessing.uri):
-            _write_gate_summary(uri, summary)
+            sidecars.write_gate(uri, summary)
         logging.info("Evaluator: %s", summary["decision"])
 
 
@@ -463,7 +420,8 @@ class GateSpec(standard_component_specs.EvaluatorSpec):
     PARAMETERS = {
         **standard_component_specs.EvaluatorSpec.PARAMETERS,
         ACCURACY_FLOOR_KEY: ExecutionParameter(type=float, optional=True),
-        MIN_CLASS_EXAMPLES_KEY: ExecutionParameter(type=int, optional=True),
+        # Required: the gate must not silently fall back to gating every class with one eval image.
+        MIN_CLASS_EXAMPLES_KEY: ExecutionParameter(type=int),
     }
 
 
@@ -480,8 +438,8 @@ class GatedEvaluator(tfx.components.Evaluator):
         schema,
         eval_config,
         example_splits,
+        min_class_examples: int,
         accuracy_floor=None,
-        min_class_examples=1,
     ):
         spec = GateSpec(
             examples=examples,

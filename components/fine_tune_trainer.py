@@ -16,7 +16,6 @@ with the warm epoch settings (trainer/warm_start.py). The decision is written to
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -33,19 +32,17 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
+from serving import sidecars
 from serving.export import export_saved_model
-from serving.signatures import ASSETS_EXTRA, LABELS_FILE
 from serving.tflite import export_tflite
 from trainer import features
 from trainer import warm_start as warm
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
-from trainer.settings import TrainerConfig
+from trainer.settings import TrainerConfig, run_parameter_types
 
-HISTORY_FILE = "training_history.json"
 # custom_config key of the TFLite export: {"mode": push.tflite, "max_accuracy_drop": eval.max_tflite_accuracy_drop}
 TFLITE_KEY = "tflite"
-KERAS_MODEL_FILE = "model.keras"
 SHUFFLE_BUFFER = 4096
 # custom_config key the executor adds: the served version the `base_model` input holds (absent: none).
 SERVED_VERSION_KEY = "served_version"
@@ -139,7 +136,10 @@ def run_fn(fn_args: FnArgs) -> None:
     import keras
 
     served_version = (fn_args.custom_config or {}).get(SERVED_VERSION_KEY)
+    # The served SavedModel (TFX hands over sidecars.serving_model_dir of the ServedModelBaseline artifact); its
+    # labels are read here and passed in: trainer/ does not read the files components hand each other.
     served_dir = fn_args.base_model if served_version is not None else None
+    served_labels = sidecars.read_labels(served_dir) if served_dir else None
     started = time.time()
     with distribution_strategy(cfg).scope():
         model, base = build_model(cfg, num_classes=len(class_names))
@@ -147,8 +147,8 @@ def run_fn(fn_args: FnArgs) -> None:
             cfg,
             class_names,
             served_version,
-            warm.read_labels(served_dir, ASSETS_EXTRA, LABELS_FILE) if served_dir else None,
-            os.path.join(served_dir, ASSETS_EXTRA, KERAS_MODEL_FILE) if served_dir else None,
+            served_labels,
+            sidecars.keras_model_path(served_dir) if served_dir else None,
         )
         if served is not None:
             warm.copy_weights(served, model)
@@ -183,25 +183,20 @@ def run_fn(fn_args: FnArgs) -> None:
     write_model_files(
         os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history, class_names, model
     )
-    with tf.io.gfile.GFile(os.path.join(export_dir, ASSETS_EXTRA, warm.WARM_START_FILE), "w") as f:
-        json.dump(warm_start, f, indent=2)
+    sidecars.write_warm_start(export_dir, warm_start)
     logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir, history.get("final_accuracy"))
 
 
 def write_model_files(
     model_root: str, export_dir: str, model_run_dir: str, history: Dict[str, Any], class_names: List[str], model
 ) -> None:
-    labels = "".join(f"{name}\n" for name in class_names)
-    for directory in (model_root, os.path.join(export_dir, ASSETS_EXTRA)):
-        tf.io.gfile.makedirs(directory)
-        with tf.io.gfile.GFile(os.path.join(directory, LABELS_FILE), "w") as f:
-            f.write(labels)
-    with tf.io.gfile.GFile(os.path.join(model_root, HISTORY_FILE), "w") as f:
-        json.dump(history, f, indent=2)
+    for directory in (model_root, sidecars.assets_extra(export_dir)):
+        sidecars.write_labels(directory, class_names)
+    sidecars.write_history(model_root, history)
     tf.io.gfile.makedirs(model_run_dir)
-    model.save(os.path.join(model_run_dir, KERAS_MODEL_FILE))
+    model.save(os.path.join(model_run_dir, sidecars.KERAS_MODEL_FILE))
     # Travels with the served version: the next run's warm start loads it (TF Serving ignores assets.extra).
-    model.save(os.path.join(export_dir, ASSETS_EXTRA, KERAS_MODEL_FILE))
+    model.save(sidecars.keras_model_path(export_dir))
 
 
 # --- the component: TFX's Trainer plus per-run overrides --------------------------------------------------------
@@ -209,13 +204,7 @@ def write_model_files(
 # TrainerConfig fields a Kubeflow run may override as run parameters. TFX 1.16 can only make a *whole* execution
 # property a RuntimeParameter (nothing nested inside custom_config), so each overridable knob is its own
 # execution property; None keeps custom_config's value.
-RUNTIME_OVERRIDES = {
-    "phase1_epochs": int,
-    "phase2_epochs": int,
-    "warm_phase1_epochs": int,
-    "warm_phase2_epochs": int,
-    "learning_rate": float,
-}
+RUNTIME_OVERRIDES = run_parameter_types()
 
 
 class FineTuneTrainerSpec(standard_component_specs.TrainerSpec):

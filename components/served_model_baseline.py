@@ -6,15 +6,15 @@ users are being served" is the right gate anyway: the latest blessed model in ML
 the serving directory (rollbacks, pushes from another pipeline root).
 
 The executor copies the highest complete version under `<serving base>/<model name>/` into its output artifact
-(`<uri>/Format-Serving`, where the Evaluator looks), so the evaluation is reproducible even if the serving
-directory changes meanwhile. With nothing served yet (first run) it writes an empty artifact with
-`served_version = -1`, which the Evaluator gate treats as "no baseline" (no change threshold, as TFX does).
+(the SavedModel folder `sidecars.serving_model_dir` names, where the Evaluator looks), so the evaluation is
+reproducible even if the serving directory changes meanwhile. With nothing served yet (first run) it writes an
+empty artifact with `served_version = -1`, which the Evaluator gate treats as "no baseline" (no change threshold,
+as TFX does).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict, List
 
 from tfx import types
@@ -24,6 +24,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
+from serving import sidecars
 from serving.model_versions import NO_SERVED_VERSION, latest_served
 
 SERVING_MODEL_DIR_KEY = "serving_model_dir"
@@ -51,7 +52,7 @@ class Executor(base_executor.BaseExecutor):
             return
         baseline.set_string_custom_property(SERVED_PATH_PROPERTY, path)
         # Artifact URIs are gs:// on Kubeflow: copy with TFX's filesystem layer, not shutil.
-        io_utils.copy_dir(path, os.path.join(baseline.uri, "Format-Serving"))
+        io_utils.copy_dir(path, sidecars.serving_model_dir(baseline.uri))
         logging.info("ServedModelBaseline: baseline is served version %d (%s)", version, path)
 
 

@@ -14,7 +14,7 @@ and TFMA (`model_type='tf_generic'`) load without any Keras at all.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import tensorflow as tf
 
@@ -113,8 +113,3 @@ def write_warmup_requests(export_dir: str, images: Sequence[bytes], model_name: 
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path
-
-
-def load_class_names(saved_model_dir: str) -> List[str]:
-    loaded = tf.saved_model.load(saved_model_dir)
-    return [name.decode() for name in loaded.class_names.numpy()]

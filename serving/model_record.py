@@ -1,4 +1,6 @@
-"""The record every pushed version carries: `<version>/assets.extra/model_record.json`.
+"""The record every pushed version carries in its `assets.extra/`: its schema and content.
+
+The file itself (name, reader, writer) is serving/sidecars.py's: `read_model_record`, `write_model_record`.
 
 It says where the version came from (input folders and their fingerprint, images per class, settings, metrics,
 the baseline it was compared with, code version, pipeline run, times), so a version can be listed, compared,
@@ -40,16 +42,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import subprocess
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from tfx.dsl.io import fileio
-
-from serving.signatures import ASSETS_EXTRA
-
-RECORD_FILE = "model_record.json"
 RECORD_KEYS = (
     "version",
     "kind",
@@ -59,6 +55,7 @@ RECORD_KEYS = (
     "ended_at",
     "pipeline_run",
     "code_version",
+    "training_code_version",
     "labels",
     "data",
     "settings",
@@ -66,27 +63,6 @@ RECORD_KEYS = (
     "gate",
     "warm_start",
 )
-
-
-def record_path(version_dir: str) -> str:
-    return os.path.join(version_dir, ASSETS_EXTRA, RECORD_FILE)
-
-
-def read_record(version_dir: str) -> Optional[Dict[str, Any]]:
-    """The version's record, or None when it has none (pushed by an older ftune, or by hand)."""
-    path = record_path(version_dir)
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path, "r") as f:
-        return json.load(f)
-
-
-def write_record(version_dir: str, record: Dict[str, Any]) -> str:
-    path = record_path(version_dir)
-    fileio.makedirs(os.path.dirname(path))
-    with fileio.open(path, "w") as f:
-        f.write(json.dumps(record, indent=2, sort_keys=True))
-    return path
 
 
 def files_fingerprint(entries: Iterable[Tuple[str, int, int]]) -> str:

@@ -27,9 +27,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from serving.model_versions import served_versions
 from serving.signatures import (
-    ASSETS_EXTRA,
     IMAGE_BYTES_INPUT,
-    LABELS_FILE,
     OUTPUT_CLASS_NAMES,
     OUTPUT_PROBABILITIES,
     SERVING_SIGNATURE,
@@ -108,15 +106,6 @@ def resolve_version_dir(serving_model_dir: str, version: Optional[int] = None) -
     elif version not in versions:
         raise PredictError(f"version {version} is not in {serving_model_dir} (versions: {versions})")
     return os.path.join(serving_model_dir, str(version)), version
-
-
-def read_labels(version_dir: str) -> Optional[List[str]]:
-    """The class names in label-id order from `<version>/assets.extra/labels.txt`, None when absent."""
-    path = os.path.join(version_dir, ASSETS_EXTRA, LABELS_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
 
 
 # --- the two ways to ask ---------------------------------------------------------------------------------------

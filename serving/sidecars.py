@@ -13,6 +13,8 @@ model.keras            <SavedModel>/assets.extra/                Trainer        
 tflite.json            <SavedModel>/assets.extra/                Trainer           report, summary
 model_record.json      <serving dir>/<version>/assets.extra/     Pusher, rollback  versions, no-op check, report
                                                                                    (schema: serving/model_record.py)
+refused_attempt.json   <serving dir>/ (beside the versions)      Pusher (refused)  ChangeCheck, versions, report
+                                                                 (keys: components/change_check.py)
 
 Local paths are read with Python's own file functions, so that commands that only read records (`ftune
 versions`, `rollback`) start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio.
@@ -38,8 +40,11 @@ TRAINER = "Trainer"
 SERVED_MODEL_BASELINE = "ServedModelBaseline"
 EVALUATOR = "Evaluator"
 PUSHER = "Pusher"
+# The change check at the head of the pipeline (components/change_check.py); its decision artifact is in MLMD.
+CHANGE_CHECK = "ChangeCheck"
 # In DAG order.
 COMPONENT_IDS = (
+    CHANGE_CHECK,
     EXAMPLE_GEN,
     STATISTICS_GEN,
     SCHEMA_GEN,
@@ -61,6 +66,8 @@ WARM_START_FILE = "warm_start.json"
 KERAS_MODEL_FILE = "model.keras"
 TFLITE_RECORD_FILE = "tflite.json"
 MODEL_RECORD_FILE = "model_record.json"
+# Beside the versions: TF Serving and serving/model_versions.py take only integer-named entries for versions.
+REFUSED_ATTEMPT_FILE = "refused_attempt.json"
 # The SavedModel's folder inside a TFX Model artifact (tfx.utils.path_utils.serving_model_path names it too;
 # it is spelled here so that readers need not import TFX).
 SERVING_MODEL_DIR = "Format-Serving"
@@ -246,3 +253,29 @@ def read_model_record(version_dir: str) -> Optional[Dict[str, Any]]:
 
 def write_model_record(version_dir: str, record: Dict[str, Any]) -> str:
     return _write_json(model_record_path(version_dir), record)
+
+
+# --- refused_attempt.json: the last attempt the gate refused (keys: components/change_check.py) -------------------
+
+
+def refused_attempt_path(serving_model_dir: str) -> str:
+    return os.path.join(serving_model_dir, REFUSED_ATTEMPT_FILE)
+
+
+def read_refused_attempt(serving_model_dir: str) -> Optional[Dict[str, Any]]:
+    """{fingerprint, settings, served_version, failed_checks, pipeline_run, time} of the last attempt the gate
+    refused, or None when none ever was. It is kept after later pushes (`ftune versions` shows it); the change check
+    applies it only while `served_version` is still the one served."""
+    return _read_json(refused_attempt_path(serving_model_dir))
+
+
+def write_refused_attempt(serving_model_dir: str, attempt: Dict[str, Any]) -> str:
+    """Replaces the file in one step on local/PVC paths (a temporary name, then a rename), so that a change check
+    never reads half of it; an object store's write is whole already."""
+    path = refused_attempt_path(serving_model_dir)
+    if _is_uri(path):
+        return _write_json(path, attempt)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    _write_json(temporary, attempt)
+    os.replace(temporary, path)
+    return path

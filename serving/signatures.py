@@ -18,4 +18,3 @@ OUTPUT_SCORE = "score"
 # Files TF Serving ignores for inference but serves with the version: `<version>/assets.extra/...`.
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
-LABELS_FILE = "labels.txt"

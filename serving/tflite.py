@@ -7,7 +7,8 @@ quantisation of weights and activations, calibrated on a representative dataset 
 input and output stay float32). The converted model is scored with the TFLite interpreter on the eval split and
 compared with the Keras model of the SavedModel on the same images; it is written as `model.tflite` into the
 SavedModel folder (so the Pusher copies it beside the served version) only when its accuracy is at most
-`max_drop` below. The record (size, both accuracies, the decision) goes to `assets.extra/tflite.json` either way.
+`max_drop` below. The record (size, both accuracies, the decision) goes to `assets.extra/` either way
+(serving/sidecars.py: `write_tflite_record`, `read_tflite_record`).
 
 The TFLite model's interface (unlike the SavedModel, no decoding inside):
     input   float32 [1, S, S, 3]: RGB pixels in [0, 255], the image resized to S x S (bilinear, aspect ratio not
@@ -18,7 +19,6 @@ The TFLite model's interface (unlike the SavedModel, no decoding inside):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,10 +27,9 @@ from typing import Any, Dict, Iterator, List
 import numpy as np
 import tensorflow as tf
 
-from serving.signatures import ASSETS_EXTRA
+from serving import sidecars
 
 TFLITE_FILE = "model.tflite"
-TFLITE_RECORD = "tflite.json"
 REPRESENTATIVE_IMAGES = 200
 MAX_EVAL_IMAGES = 2000
 
@@ -143,10 +142,7 @@ def export_tflite(
         f"{image_size}x{image_size}",
         "seconds": round(time.time() - started, 1),
     }
-    path = os.path.join(export_dir, ASSETS_EXTRA, TFLITE_RECORD)
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(record, indent=2))
+    sidecars.write_tflite_record(export_dir, record)
     logging.info(
         "Trainer: TFLite %s %s: %.1f KB, accuracy %s vs SavedModel %s",
         mode,
@@ -156,11 +152,3 @@ def export_tflite(
         saved_model_accuracy,
     )
     return record
-
-
-def read_record(saved_model_dir: str) -> Dict[str, Any] | None:
-    path = os.path.join(saved_model_dir, ASSETS_EXTRA, TFLITE_RECORD)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)

@@ -16,8 +16,8 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.utils import proto_utils
 
 from components import evaluator_gate
-from components.image_example_gen import REPORT_FILE
 from components.served_model_baseline import SERVED_VERSION_PROPERTY
+from serving import sidecars
 
 LABELS = ["a", "b", "c"]
 EVAL_COUNTS = {"a": 10, "b": 10, "c": 3}  # "c" has fewer than MIN_CLASS_EXAMPLES: reported, not gated
@@ -39,8 +39,7 @@ def write_examples(root):
                     "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"{name}/{i}.jpg".encode()])),
                 }
                 writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    with open(os.path.join(examples.uri, REPORT_FILE), "w") as f:
-        json.dump({"accepted_per_split": {"eval": EVAL_COUNTS}, "class_names": LABELS}, f)
+    sidecars.write_ingest_report(examples.uri, {"accepted_per_split": {"eval": EVAL_COUNTS}, "class_names": LABELS})
     return examples
 
 
@@ -74,12 +73,10 @@ class MappedModel(tf.Module):
 def save_model(uri, labels, mapping, wrong_every=None, served_version=None):
     artifact = standard_artifacts.Model()
     artifact.uri = str(uri)
-    export = os.path.join(artifact.uri, "Format-Serving")
+    export = sidecars.serving_model_dir(artifact.uri)
     module = MappedModel(mapping, wrong_every)
     tf.saved_model.save(module, export, signatures={evaluator_gate.TF_EXAMPLE_SIGNATURE: module.serve})
-    os.makedirs(os.path.join(export, "assets.extra"))
-    with open(os.path.join(export, "assets.extra", "labels.txt"), "w") as f:
-        f.write("".join(f"{name}\n" for name in labels))
+    sidecars.write_labels(sidecars.assets_extra(export), labels)
     if served_version is not None:
         artifact.set_int_custom_property(SERVED_VERSION_PROPERTY, served_version)
     return artifact
@@ -119,8 +116,8 @@ def run_gate(root, candidate, baseline):
         {standard_component_specs.EVALUATION_KEY: [evaluation], standard_component_specs.BLESSING_KEY: [blessing]},
         exec_properties,
     )
-    summary = evaluator_gate.read_gate_summary(blessing.uri)
-    assert summary == evaluator_gate.read_gate_summary(evaluation.uri)
+    summary = sidecars.read_gate(blessing.uri)
+    assert summary == sidecars.read_gate(evaluation.uri)
     assert os.path.exists(os.path.join(blessing.uri, "BLESSED" if summary["blessed"] else "NOT_BLESSED"))
     return summary
 
@@ -165,3 +162,13 @@ def test_a_served_model_with_other_labels_is_used_for_floors_only(tmp_path):
     assert "different label vocabulary" in gate["baseline_note"] and "(a, b vs a, b, c)" in gate["baseline_note"]
     assert gate["baseline_accuracy"] is None and gate["thresholds"]["max_class_recall_drop"] is None
     assert "floors only" in gate["decision"] and gate["macro_recall"] == 1.0
+
+
+def test_the_gate_has_no_defaults_of_its_own():
+    # The thresholds are components/settings.py's EvalConfig: a forgotten one fails instead of gating at 0.
+    with pytest.raises(TypeError, match="class_recall_floor"):
+        evaluator_gate.make_eval_config(accuracy_floor=0.5, max_accuracy_drop=0.0)
+    with pytest.raises(TypeError, match="min_class_examples"):
+        evaluator_gate.GatedEvaluator(
+            examples=None, model=None, baseline_model=None, schema=None, eval_config=None, example_splits=["eval"]
+        )

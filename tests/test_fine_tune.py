@@ -14,19 +14,17 @@ from conftest import pretrained_weights_path
 
 from pipeline.configs import BASE_MODEL_LAYERS, ConfigError, TrainerConfig, load_config
 from trainer import weights as weights_mod
+from trainer.class_weights import class_weighting
+from trainer.feature_cache import CachedBatches, FeatureCaches
 from trainer.fine_tune import (
-    _CachedBatches,
-    _FeatureCaches,
     _phase2_learning_rate,
-    choose_prefix_cut,
-    class_weighting,
     compile_model,
     freeze_base,
-    resolve_fine_tune_at,
     train_two_phase,
     unfreeze_top,
 )
 from trainer.model import BASES, build_model
+from trainer.sub_models import choose_prefix_cut
 from trainer.weights import WeightsUnavailableError, resolve_weights
 
 CACHED = ("cached_features", "cached_prefix")
@@ -230,12 +228,13 @@ def test_fine_tune_at_as_index_and_fraction():
     _, base = build_model(_config(), 2)
     n = len(base.layers)
     assert n == 154  # MobileNetV2 as in the TF tutorial, where fine_tune_at=100
-    assert resolve_fine_tune_at(base, 100) == 100
-    assert resolve_fine_tune_at(base, 0.5) == 77
+    assert _config(fine_tune_at=100).fine_tune_layer() == 100
+    assert _config(fine_tune_at=0.5).fine_tune_layer() == 77
+    assert _config(fine_tune_at=0.001).fine_tune_layer() == 1  # a fraction stays inside the base: at least layer 1
 
     by_index = unfreeze_top(base, 100)
     flags_by_index = [layer.trainable for layer in base.layers]
-    by_fraction = unfreeze_top(base, 100 / n)
+    by_fraction = unfreeze_top(base, _config(fine_tune_at=100 / n).fine_tune_layer())
     assert [layer.trainable for layer in base.layers] == flags_by_index and by_fraction == by_index
 
     for i, layer in enumerate(base.layers):
@@ -249,9 +248,9 @@ def test_fine_tune_at_as_index_and_fraction():
     assert by_index == expected == 18
 
     assert freeze_base(base) == 0 and not base.trainable_weights
-    for bad in (0, -1, 2.5, n, 1000):
+    for bad in (0, -1, 2.5, n, 1000):  # caught when the settings load, before any training
         with pytest.raises(ConfigError, match="trainer.fine_tune_at"):
-            unfreeze_top(base, bad)
+            _config(fine_tune_at=bad).validate()
 
 
 def test_accuracy_metrics_are_computed_on_logits():
@@ -353,7 +352,7 @@ def test_two_phase_freezing_recompiling_and_history(modes):
 
 def test_cosine_phase2_schedule_warms_up_to_lr2_then_decays():
     cfg = _config(phase2_epochs=5, phase2_lr_schedule="cosine")
-    batches = _CachedBatches([np.zeros((100, 4), "float32")], np.zeros(100, "int32"), batch_size=10, seed=0)
+    batches = CachedBatches([np.zeros((100, 4), "float32")], np.zeros(100, "int32"), batch_size=10, seed=0)
     schedule = _phase2_learning_rate(cfg, 1e-4, batches)  # 10 steps per epoch
     value = lambda step: float(keras.ops.convert_to_numpy(schedule(step)))  # noqa: E731
     assert value(0) == 0.0 and value(5) == pytest.approx(5e-5) and value(10) == pytest.approx(1e-4)
@@ -410,6 +409,23 @@ def test_over_budget_caches_spill_to_disk_and_train_the_same(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_phase1_without_epochs_goes_straight_to_fine_tuning():
+    history, model = _tiny_run(phase1_epochs=0)
+    assert history["phase"] == [2, 2] and history["phase2_start_epoch"] == 0
+    # Phase 1 is recorded with its mode but trained nothing; phase 2 ran on the cached prefix at lr2.
+    assert history["modes"] == {"phase1": "cached_features", "phase2": "cached_prefix"}
+    assert history["optimizer_learning_rates"] == pytest.approx({"phase2": 1e-4})
+    assert history["cache"]["bytes"].keys() == {"train_prefix", "eval_prefix", "total"}  # nothing pooled to cache
+    # The full model ends compiled (at lr2) although only the sub-model above the cut was fitted.
+    assert "accuracy" in model.evaluate(_dataset(*_random_data(8, 32, seed=3)), verbose=0, return_dict=True)
+
+
+def test_fine_tune_layer_beyond_the_real_base_is_refused():
+    # The settings check fine_tune_at against the table of bases; the tiny base here has 7 layers, not 154.
+    with pytest.raises(ValueError, match="selects layer 10"):
+        _tiny_run(fine_tune_at=10)
+
+
 def test_feature_caches_keep_at_most_the_budget_in_memory(tmp_path):
     cfg = _config(fine_tune_at=4)
     model, base = build_model(cfg, 2, base_override=_tiny_base())
@@ -419,7 +435,9 @@ def test_feature_caches_keep_at_most_the_budget_in_memory(tmp_path):
 
     def build(max_bytes, folder):
         folder.mkdir()
-        return _FeatureCaches.build(model, base, train_ds, eval_ds, True, cut, 2, max_bytes, str(folder))
+        return FeatureCaches.build(
+            model, base, train_ds, eval_ds, pooled=True, cut=cut, variants=2, max_bytes=max_bytes, spill_dir=str(folder)
+        )
 
     reference = build(2**30, tmp_path / "all")
     total = reference.nbytes()["total"]

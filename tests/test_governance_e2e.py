@@ -24,7 +24,7 @@ from components.image_example_gen import input_fingerprint, make_input_config
 from pipeline import outcome
 from pipeline.configs import PipelineConfig
 from pipeline.sample_data import SHAPE_NAMES, generate_sample_data
-from serving import model_record
+from serving import sidecars
 
 pytestmark = pytest.mark.slow  # whole pipeline runs
 
@@ -70,7 +70,7 @@ def presplit_data(path, classes):
 
 
 def record_of(config, version):
-    return model_record.read_record(os.path.join(config.serving_model_dir, str(version)))
+    return sidecars.read_model_record(os.path.join(config.serving_model_dir, str(version)))
 
 
 def served(config):
@@ -139,10 +139,9 @@ def test_relabelled_class_is_refused_by_name_and_nothing_changes(relabelled_run,
     assert result.returncode == outcome.EXIT_GATE_REFUSED, explain(result)
     assert tree_digest(config.serving_dir) == before and served(config) == [1]
     gate_line = next(line for line in result.stdout.splitlines() if "gate: NOT BLESSED" in line)
-    from components.evaluator_gate import read_gate_summary
     from pipeline.reporting.run_records import latest_artifact_uri
 
-    gate = read_gate_summary(latest_artifact_uri(config, "Evaluator", "evaluation"))
+    gate = sidecars.read_gate(latest_artifact_uri(config, sidecars.EVALUATOR, "evaluation"))
     assert RELABELLED in {f["class"] for f in gate["failures"]}, gate["failures"]
     assert all(f["class"] for f in gate["failures"])  # the overall thresholds alone would have passed
     assert gate["accuracy"] >= 0.5 and gate["change_thresholds_used"]

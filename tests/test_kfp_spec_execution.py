@@ -169,8 +169,9 @@ def second(setup, first):
 
 
 def history(execution):
-    with open(os.path.join(execution.artifact("Trainer", "model")["uri"], "training_history.json")) as f:
-        return json.load(f)
+    from serving import sidecars
+
+    return sidecars.read_history(execution.artifact(sidecars.TRAINER, "model")["uri"])
 
 
 def served_versions(setup):

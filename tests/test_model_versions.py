@@ -9,7 +9,7 @@ import os
 import pytest
 
 from pipeline import cli, outcome
-from serving import model_record, model_versions
+from serving import model_record, model_versions, sidecars
 
 
 def fake_model(path, content: bytes):
@@ -45,9 +45,9 @@ def serving(tmp_path):
 
 def test_push_writes_the_record_inside_the_version(serving):
     _, base = serving
-    record = model_record.read_record(os.path.join(base, "2"))
+    record = sidecars.read_model_record(os.path.join(base, "2"))
     assert record["version"] == 2 and record["metrics"]["accuracy"] == 0.93
-    assert os.path.isfile(os.path.join(base, "2", "assets.extra", model_record.RECORD_FILE))
+    assert os.path.isfile(sidecars.model_record_path(os.path.join(base, "2")))
     assert sorted(os.listdir(base)) == ["1", "2"]  # no staging folder left behind
 
 
@@ -58,10 +58,10 @@ def test_rollback_republishes_as_the_new_highest_version(serving, capsys):
     for name in ("saved_model.pb", "fingerprint.pb", "variables/variables.index"):
         with open(os.path.join(base, "1", name), "rb") as a, open(os.path.join(base, "3", name), "rb") as b:
             assert a.read() == b.read()
-    record = model_record.read_record(os.path.join(base, "3"))
+    record = sidecars.read_model_record(os.path.join(base, "3"))
     assert (record["version"], record["kind"], record["rollback_of"]) == (3, "rollback", 1)
-    assert record["data"] == model_record.read_record(os.path.join(base, "1"))["data"]
-    assert model_record.read_record(os.path.join(base, "1"))["kind"] == "trained"  # the original is untouched
+    assert record["data"] == sidecars.read_model_record(os.path.join(base, "1"))["data"]
+    assert sidecars.read_model_record(os.path.join(base, "1"))["kind"] == "trained"  # the original is untouched
     assert "version 3" in capsys.readouterr().out
 
     assert cli.main(["rollback", "--pipeline-root", root, "--to", "3"]) == outcome.EXIT_OK  # already served

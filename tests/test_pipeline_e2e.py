@@ -21,7 +21,7 @@ from conftest import IN_MEMORY_BEAM, REPO, ftune_run_command, tree_digest
 from pipeline import outcome
 from pipeline.configs import PipelineConfig
 from pipeline.reporting.run_records import component_timings, latest_artifact_uri
-from serving import model_versions
+from serving import model_versions, sidecars
 
 pytestmark = pytest.mark.slow  # whole pipeline runs: `make test-fast` leaves them out
 
@@ -29,6 +29,7 @@ CLASSES, PER_CLASS = 3, 30
 COMMON = [
     f"data.sample_classes={CLASSES}",
     f"data.sample_per_class={PER_CLASS}",
+    "data.split_mode=hash",  # sample data with class folders at the top, as the served-model test reads them
     "trainer.image_size=96",
     "trainer.batch_size=16",
     "trainer.phase1_epochs=6",
@@ -173,7 +174,7 @@ def test_no_train_serve_skew(good_run, config):
     model_uri = latest_artifact_uri(config, "Trainer", "model")
     run_uri = latest_artifact_uri(config, "Trainer", "model_run")
     transformed_uri = latest_artifact_uri(config, "Transform", "transformed_examples")
-    keras_model = keras.models.load_model(os.path.join(run_uri, "model.keras"))
+    keras_model = keras.models.load_model(os.path.join(run_uri, sidecars.KERAS_MODEL_FILE))
     tft_output = tft.TFTransformOutput(latest_artifact_uri(config, "Transform", "transform_graph"))
     spec = tft_output.transformed_feature_spec()
     files = tf.io.gfile.glob(os.path.join(transformed_uri, "Split-eval", "*"))
@@ -182,7 +183,7 @@ def test_no_train_serve_skew(good_run, config):
     images = parse_images(features["image_raw"], 96)
     in_training = tf.nn.softmax(keras_model(images, training=False), axis=-1).numpy()
 
-    exported = tf.saved_model.load(os.path.join(model_uri, "Format-Serving"))
+    exported = tf.saved_model.load(sidecars.serving_model_dir(model_uri))
     raw = [
         open(os.path.join(config.sample_data_dir, name.decode()), "rb").read() for name in features["file_name"].numpy()
     ]

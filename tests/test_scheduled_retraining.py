@@ -17,12 +17,11 @@ import pytest
 import tensorflow as tf
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
 
-from components.image_example_gen import REPORT_FILE
 from pipeline.configs import PipelineConfig, load_config
 from pipeline.local_runner import unchanged_since_served
 from pipeline.reporting.run_records import latest_artifact_uri
 from pipeline.sample_data import generate_sample_data
-from serving import model_versions
+from serving import model_versions, sidecars
 
 pytestmark = pytest.mark.slow  # whole pipeline runs: `make test-fast` leaves them out
 
@@ -69,13 +68,11 @@ def ok(result):
 
 
 def ingest_report(config):
-    with open(os.path.join(latest_artifact_uri(config, "ImageExampleGen", "examples"), REPORT_FILE)) as f:
-        return json.load(f)
+    return sidecars.read_ingest_report(latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples"))
 
 
-def served_file(config, version, name):
-    with open(os.path.join(config.serving_model_dir, str(version), "assets.extra", name)) as f:
-        return json.load(f) if name.endswith(".json") else f.read()
+def served_warm_start(config, version):
+    return sidecars.read_warm_start(os.path.join(config.serving_model_dir, str(version)))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +101,7 @@ def first(root, data, config):
 def test_first_span_trains_version_1_cold(first, config):
     assert model_versions.served_versions(config.serving_model_dir) == [1]
     assert ingest_report(config)["spans"] == ["span-1"]
-    assert served_file(config, 1, "warm_start.json") == {
+    assert served_warm_start(config, 1) == {
         "from_version": None,
         "reason": "cold start: nothing is served yet",
     }
@@ -135,13 +132,12 @@ def test_new_span_warm_starts_version_2_from_version_1(second, config):
     assert model_versions.served_versions(config.serving_model_dir) == [1, 2]
     assert ingest_report(config)["spans"] == ["span-1", "span-2"]
     assert "spans span-1, span-2" in second.stdout
-    assert served_file(config, 2, "warm_start.json") == {
+    assert served_warm_start(config, 2) == {
         "from_version": 1,
         "reason": "warm start from served version 1",
     }
     assert "warm start: warm start from served version 1" in second.stdout
-    with open(os.path.join(latest_artifact_uri(config, "Trainer", "model"), "training_history.json")) as f:
-        history = json.load(f)
+    history = sidecars.read_history(latest_artifact_uri(config, sidecars.TRAINER, "model"))
     assert len(history["phase"]) <= 2  # warm_phase1_epochs + warm_phase2_epochs, not the cold 5 + 1
 
 
@@ -164,6 +160,5 @@ def test_span_adding_a_class_starts_cold_and_says_why(second, root, data, config
     third = ok(ftune("run", root, data))
     assert "cold start: the labels changed since served version 2 (classes added: star)" in third.stdout
     assert ingest_report(config)["class_names"] == ["circle", "square", "star", "triangle"]
-    model = os.path.join(latest_artifact_uri(config, "Trainer", "model"), "Format-Serving")
-    with open(os.path.join(model, "assets.extra", "warm_start.json")) as f:
-        assert json.load(f)["from_version"] is None
+    model = sidecars.serving_model_dir(latest_artifact_uri(config, sidecars.TRAINER, "model"))
+    assert sidecars.read_warm_start(model)["from_version"] is None
