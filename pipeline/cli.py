@@ -2,6 +2,12 @@
 
 Every command that runs the pipeline takes the same configuration options: `--config FILE` (YAML/JSON, see
 `ftune config`) and repeated `--set section.key=value`, applied over the defaults in pipeline/configs.py.
+
+Every command has the same console and the same error path (`main`): library noise is filtered from stderr unless
+`--verbose`; an error the user can fix (a wrong setting, flag, path or file, a refusal of the KFP API, nothing to
+do) ends the command with one line `ftune: error: ...` and an exit code of pipeline/outcome.py; anything else is a
+bug: a traceback, then a line saying so, exit 1 (pipeline/cli_errors.py). Commands that only read records or talk
+to KFP (`versions`, `rollback`, `submit`, `schedule`) never import TensorFlow for local paths.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
-from pipeline import outcome
-from pipeline.configs import ConfigError, PipelineConfig, load_config
+from pipeline import kfp_client, outcome
+from pipeline.cli_errors import report_error
+from pipeline.configs import PipelineConfig, load_config
 from pipeline.kubeflow_v2_runner import RUNTIME_KNOBS
+from pipeline.outcome import CommandError
+from serving import sidecars
 
 RUN_PARAMETERS = ", ".join(RUNTIME_KNOBS)
 
@@ -69,6 +78,45 @@ def _add_verbose_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A wrong flag or argument is one line like every other error, exit 2 (invalid settings)."""
+
+    def error(self, message: str):
+        self.exit(outcome.EXIT_INVALID_SETTINGS, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _class_count(text: str) -> int:
+    from pipeline.sample_data import SHAPE_NAMES  # one class per shape kind
+
+    value = _int_at_least(2)(text)
+    if value > len(SHAPE_NAMES):
+        raise argparse.ArgumentTypeError(f"must be at most {len(SHAPE_NAMES)} (one class per shape), got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def package_version() -> str:
     from importlib import metadata
 
@@ -81,21 +129,32 @@ def package_version() -> str:
 def _add_kfp_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
-        default=os.environ.get("KFP_HOST"),
+        default=os.environ.get(kfp_client.HOST_ENV),
         metavar="URL",
-        help="Kubeflow Pipelines API endpoint, e.g. http://ml-pipeline-ui.kubeflow (default: "
-        "$KFP_HOST). Authenticates with the token file named by $KF_PIPELINES_SA_TOKEN_PATH "
+        help=f"Kubeflow Pipelines API endpoint, e.g. http://ml-pipeline-ui.kubeflow (default: "
+        f"${kfp_client.HOST_ENV}). Authenticates with the token file named by ${kfp_client.TOKEN_PATH_ENV} "
         "when set",
     )
     parser.add_argument("--package", required=True, metavar="FILE", help="compiled pipeline (`ftune compile`)")
     parser.add_argument(
-        "--experiment", default="ftune", metavar="NAME", help="KFP experiment, created if missing (default: ftune)"
+        "--experiment",
+        default=kfp_client.DEFAULT_EXPERIMENT,
+        metavar="NAME",
+        help=f"KFP experiment, created if missing (default: {kfp_client.DEFAULT_EXPERIMENT})",
     )
     parser.add_argument(
         "--namespace",
-        default=os.environ.get("KFP_NAMESPACE"),
+        default=os.environ.get(kfp_client.NAMESPACE_ENV),
         metavar="NS",
-        help="namespace of a multi-user Kubeflow (default: $KFP_NAMESPACE; none: single-user)",
+        help=f"namespace of a multi-user Kubeflow (default: ${kfp_client.NAMESPACE_ENV}; none: single-user)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=kfp_client.DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for each answer of the KFP API (default: {kfp_client.DEFAULT_TIMEOUT_S:g}); no "
+        f"answer, like an unreachable host or a server error (5xx), ends with exit code {outcome.EXIT_UNAVAILABLE}",
     )
     parser.add_argument(
         "--param",
@@ -131,26 +190,25 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet(args: argparse.Namespace):
-    """Library noise filtered from stderr (this process and its children) unless --verbose; entered before the
-    imports that load TensorFlow, which logs as it loads."""
+def quiet_console(verbose: bool):
+    """Library noise filtered from stderr (this process and its children) unless --verbose; entered (by `main`)
+    before the imports that load TensorFlow, which logs as it loads."""
     import contextlib
 
     from pipeline.local_runner import QuietStderr
 
-    return contextlib.nullcontext() if args.verbose else QuietStderr()
+    return contextlib.nullcontext() if verbose else QuietStderr()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    config = _load(args)
-    with _quiet(args):
-        from pipeline.local_runner import run_local, say
-        from pipeline.reporting.run_records import latest_artifact_uri
-        from pipeline.reporting.summary import ingest_summary
+    from pipeline.local_runner import run_local, say
+    from pipeline.reporting.run_records import latest_artifact_uri
+    from pipeline.reporting.summary import ingest_summary
 
-        run_local(config, stop_after="ingest")
-        examples_uri = latest_artifact_uri(config, "ImageExampleGen", "examples")
-        say(ingest_summary(examples_uri))
+    config = _load(args)
+    run_local(config, stop_after="ingest")
+    examples_uri = latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples")
+    say(ingest_summary(examples_uri))
     return 0
 
 
@@ -164,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     enable_progress_logging(verbose=args.verbose)
     # --json: stdout carries the summary data only; progress and the text summary go to stderr.
     to_stderr = StdoutToStderr() if args.json else contextlib.nullcontext()
-    with _quiet(args), to_stderr:
+    with to_stderr:
         from pipeline.reporting.summary import run_summary, run_summary_data
 
         result = run_local(config, stop_after="push", force=args.force)
@@ -186,40 +244,60 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.reporting.report import write_report
+    from pipeline.reporting.run_records import load_run
 
     config = _load(args)
+    run = load_run(config)
+    if run.run_id is None:
+        raise CommandError(
+            f"no run to report on under {config.pipeline_root}: {run.absent_reason}. Run `ftune run` first, or "
+            "pass the --pipeline-root of a run",
+            outcome.EXIT_UNUSABLE_INPUT,
+        )
+    from pipeline.reporting.report import write_report
+
     print(f"[ftune] report: {write_report(config, args.output)}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    with _quiet(args):
-        return _predict(args)
-
-
-def _predict(args: argparse.Namespace) -> int:
     from serving import predict
 
     files, missing = predict.expand_paths(args.paths)
+    # Which model first (a cheap look at the serving folder), then the files, then loading it (TensorFlow).
     if args.server:
         config = _load(args)
         labels = None
         if os.path.isdir(config.serving_model_dir) and predict.served_versions(config.serving_model_dir):
-            labels = predict.read_labels(predict.resolve_version_dir(config.serving_model_dir, args.version)[0])
-        predictor = predict.RestPredictor(args.server, config.push.model_name, args.version, labels=labels)
+            labels = sidecars.read_labels(predict.resolve_version_dir(config.serving_model_dir, args.version)[0])
+        model_dir = None
     elif args.model_dir:
-        predictor = predict.LocalPredictor(args.model_dir)
+        model_dir = args.model_dir
     else:
         config = _load(args)
-        version_dir, version = predict.resolve_version_dir(config.serving_model_dir, args.version)
-        predictor = predict.LocalPredictor(version_dir)
+        model_dir, _ = predict.resolve_version_dir(config.serving_model_dir, args.version)
+    if not files:
+        raise CommandError(f"nothing to score: {_reasons(missing)}", outcome.EXIT_UNUSABLE_INPUT)
+    if model_dir is None:
+        predictor = predict.RestPredictor(args.server, config.push.model_name, args.version, labels=labels)
+    else:
+        predictor = predict.LocalPredictor(model_dir)
     print(f"[ftune] predict: {len(files)} file(s) with {predictor.source}", file=sys.stderr, flush=True)
     progress = predict.stderr_progress if len(files) > predict.DEFAULT_BATCH else None
     rows = missing + predict.predict_files(files, predictor, top_k=args.top_k, progress=progress)
     print(predict.format_rows(rows, args.format, args.top_k), flush=True)
     print(f"[ftune] {predict.summarize(rows)}", file=sys.stderr, flush=True)
+    if not any(row["ok"] for row in rows):
+        raise CommandError(
+            f"no image could be scored: {_reasons(rows)} (each file's row says why)", outcome.EXIT_UNUSABLE_INPUT
+        )
     return 0
+
+
+def _reasons(rows: List[dict], shown: int = 3) -> str:
+    """The reasons of `ftune predict`'s error rows, e.g. "a.jpg: empty file; b: no such file or folder; and 4 more"."""
+    text = "; ".join(f"{row['path']}: {row['error']}" for row in rows[:shown])
+    return text + (f"; and {len(rows) - shown} more" if len(rows) > shown else "")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -231,8 +309,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline import kfp_client
-
     run_id = kfp_client.submit(
         args.host,
         args.package,
@@ -241,14 +317,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         params=kfp_client.parse_params(args.params),
         namespace=args.namespace,
         pipeline_root=args.pipeline_root,
+        timeout_s=args.timeout,
     )
     print(f"[ftune] submitted run {run_id}")
     return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from pipeline import kfp_client
-
     recurring_id = kfp_client.schedule(
         args.host,
         args.package,
@@ -260,97 +335,26 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         pipeline_root=args.pipeline_root,
         max_concurrency=args.max_concurrency,
         catchup=args.catchup,
+        timeout_s=args.timeout,
     )
     print(f"[ftune] created recurring run {recurring_id} ({args.cron}, UTC)")
     return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from serving.model_record import read_record
-    from serving.model_versions import served_versions
+    from pipeline.cli_versions import list_versions
 
-    config = _load(args)
-    base = config.serving_model_dir
-    versions = served_versions(base)
-    listed = [
-        {
-            "version": v,
-            "path": os.path.join(base, str(v)),
-            "served": v == versions[-1],
-            "record": read_record(os.path.join(base, str(v))),
-        }
-        for v in versions
-    ]
-    if args.json:
-        print(json.dumps({"serving_model_dir": base, "versions": listed}, indent=2))
-        return outcome.EXIT_OK
-    if not listed:
-        print(f"[ftune] no versions under {base}")
-        return outcome.EXIT_OK
-    print(versions_table(listed))
-    return outcome.EXIT_OK
-
-
-def versions_table(listed: List[dict]) -> str:
-    """One line per version: version, push time, accuracy, macro recall, data fingerprint, origin, served."""
-
-    def num(value) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
-    rows = [("version", "pushed (UTC)", "accuracy", "macro recall", "data", "from", "served")]
-    for item in listed:
-        record = item["record"] or {}
-        metrics = record.get("metrics") or {}
-        data = record.get("data") or {}
-        fingerprint = (data.get("fingerprint") or "-").replace("sha256:", "")[:12]
-        if record.get("kind") == "rollback":
-            origin = f"rollback of {record.get('rollback_of')}"
-        elif record:
-            origin = ", ".join(data.get("roots") or []) or "-"
-        else:
-            origin = "(no record)"
-        rows.append(
-            (
-                str(item["version"]),
-                (record.get("pushed_at") or "-").replace("+00:00", ""),
-                num(metrics.get("accuracy")),
-                num(metrics.get("macro_recall")),
-                fingerprint,
-                origin,
-                "<- TF Serving serves this" if item["served"] else "",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return list_versions(_load(args), as_json=args.json)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from serving.model_record import read_record, rollback_record
-    from serving.model_versions import republish, served_versions
+    from pipeline.cli_versions import roll_back
 
-    config = _load(args)
-    base = config.serving_model_dir
-    versions = served_versions(base)
-    if args.to is None and len(versions) < 2:
-        raise RollbackError(f"nothing to roll back to: {base} holds {len(versions)} version(s)")
-    target = args.to if args.to is not None else versions[-2]
-    if target not in versions:
-        raise RollbackError(f"--to {target}: no such version under {base} (versions: {versions or 'none'})")
-    if target == versions[-1]:
-        print(f"[ftune] version {target} is already the served (highest) version; nothing to do")
-        return outcome.EXIT_OK
-    source = os.path.join(base, str(target))
-    version = republish(base, target, rollback_record(read_record(source), target))
-    print(f"[ftune] rolled back: version {version} ({os.path.join(base, str(version))}) is version {target}'s model")
-    return outcome.EXIT_OK
-
-
-class RollbackError(ValueError):
-    """`ftune rollback` was asked for something the serving folder cannot give."""
+    return roll_back(_load(args), to=args.to)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ftune",
         description="Folder of labelled images -> served image classifier (TFX, freeze-then-fine-tune transfer "
         "learning).",
@@ -366,9 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
         "colours, backgrounds, noise; mixed JPEG/PNG and sizes). No downloads.",
     )
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--classes", type=int, default=3, help="number of classes (2-8, default 3)")
-    p.add_argument("--per-class", type=int, default=60, help="images per class (default 60)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
+    p.add_argument("--classes", type=_class_count, default=3, help="number of classes (2-8, default 3)")
+    p.add_argument("--per-class", type=_int_at_least(1), default=60, help="images per class (default 60)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed; same seed, same files (default 0)")
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser(
@@ -387,7 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
         "statistics and infer the schema, then stop.",
     )
     _add_config_options(p)
-    _add_verbose_option(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -408,7 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH|imagenet|none",
         help="pretrained base weights (trainer.weights); default: $FTUNE_WEIGHTS, else Keras' ImageNet download",
     )
-    _add_verbose_option(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -476,7 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: 3)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
     _add_config_options(p)
-    _add_verbose_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -538,61 +539,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", default="ftune-retrain", metavar="NAME", help="recurring run name (default: ftune-retrain)"
     )
     p.add_argument(
-        "--max-concurrency", type=int, default=1, metavar="N", help="runs of this schedule allowed at once (default: 1)"
+        "--max-concurrency",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="runs of this schedule allowed at once (default: 1)",
     )
     p.add_argument(
         "--catchup", action="store_true", help="after a pause, start every missed run (default: only the latest)"
     )
     p.set_defaults(func=cmd_schedule)
 
+    for command in sub.choices.values():  # the same console on every command
+        _add_verbose_option(command)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except Exception as exc:
-        known = classify_error(exc)
-        if known is None:
-            raise
-        code, message = known
-        print(f"ftune: error: {message}", file=sys.stderr)
-        return code
-
-
-def user_error(exc: BaseException) -> Optional[str]:
-    """The message for errors that are the user's to fix; None for bugs."""
-    known = classify_error(exc)
-    return known[1] if known else None
-
-
-def classify_error(exc: BaseException) -> Optional[Tuple[int, str]]:
-    """(exit code, message) for errors that are the user's to fix (bad setting, missing file, unusable data, no
-    weights), found anywhere in the exception chain (TFX wraps component errors); None for bugs."""
-    # Imported here: they pull in TensorFlow, which `ftune --help` should not wait for.
-    from components.image_example_gen import DataUnusableError
-    from pipeline.local_runner import PipelineBusyError
-    from serving.predict import PredictError
-    from trainer.weights import WeightsUnavailableError
-
-    seen = set()
-    if type(exc).__name__ == "ApiException":  # kfp_server_api: the KFP server answered with an error
-        message = f"KFP API {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '')}: {getattr(exc, 'body', '')}"
-        return outcome.EXIT_ERROR, message
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DataUnusableError):
-            return outcome.EXIT_UNUSABLE_INPUT, f"unusable data: {exc}"
-        if isinstance(exc, (ConfigError, RollbackError)):
-            return outcome.EXIT_INVALID_SETTINGS, str(exc)
-        if isinstance(exc, PipelineBusyError):
-            return outcome.EXIT_BUSY, str(exc)
-        if isinstance(exc, (FileNotFoundError, WeightsUnavailableError, PredictError)):
-            return outcome.EXIT_UNUSABLE_INPUT, str(exc)
-        exc = exc.__cause__ or exc.__context__
-    return None
+        with quiet_console(args.verbose):
+            return args.func(args)
+    except Exception as exc:  # the one error path: a user's mistake is one line, a bug a traceback
+        return report_error(exc)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,29 @@ is multi-user; that call needs no permission.
 
 Nothing here imports TFX or TensorFlow (the CronJob's `ftune submit` is up in ~2 s). A run's pipeline root is the
 package's defaultPipelineRoot unless given.
+
+Errors: everything that can be wrong locally (package, parameters, cron, host, token file) is a ConfigError before
+the first request. What goes wrong on the wire becomes one KfpError naming the host, the answer and what to do:
+refused credentials (401/403), wrong endpoint (404) and other refusals exit 2 (outcome.EXIT_INVALID_SETTINGS); no
+answer (connection refused, unknown host, no answer within the timeout) and server errors (5xx) exit 6
+(outcome.EXIT_UNAVAILABLE: try again later). Each request waits at most `timeout_s` seconds for an answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional
+import re
+import socket
+import urllib.parse
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
 import yaml
 
+from pipeline import outcome
 from pipeline.configs import ConfigError
 
 log = logging.getLogger("ftune")
@@ -42,22 +53,73 @@ HOST_ENV = "KFP_HOST"
 # Same variable kfp.Client reads (kfp.client.KF_PIPELINES_SA_TOKEN_ENV).
 TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 PACKAGE_SUFFIXES = (".yaml", ".yml", ".zip", ".tar.gz", ".tgz")
+# Seconds each request waits for the KFP API to answer (`--timeout`); without a limit a server that accepts the
+# connection and never answers would hang the CronJob until Kubernetes kills it.
+DEFAULT_TIMEOUT_S = 30.0
 
 
-def make_client(host: Optional[str], namespace: Optional[str] = None):
-    """kfp.Client for `host` (default: $KFP_HOST), authenticated with the token file when there is one."""
-    import kfp
-    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+class KfpError(outcome.CommandError):
+    """The KFP API refused a request or could not be reached; the message names the host and what to do."""
 
+
+def resolve_host(host: Optional[str]) -> str:
+    """--host, else $KFP_HOST: a URL (kfp.Client puts https:// before a bare host name)."""
     host = host or os.environ.get(HOST_ENV)
     if not host:
         raise ConfigError(f"no KFP API host: pass --host or set {HOST_ENV}")
+    try:
+        parsed = urllib.parse.urlsplit(host if "://" in host else f"https://{host}")
+        valid = bool(parsed.hostname) and parsed.port != 0 and not any(c.isspace() for c in host)
+    except ValueError:  # a port that is not a number or above 65535
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"KFP API host {host!r} (--host or ${HOST_ENV}) is not a URL like http://ml-pipeline-ui.kubeflow"
+        )
+    return host
+
+
+def make_client(host: Optional[str], namespace: Optional[str] = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """kfp.Client for `host` (default: $KFP_HOST), authenticated with the token file when there is one, whose
+    requests wait at most `timeout_s` for an answer."""
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    host = resolve_host(host)
     token_path = os.environ.get(TOKEN_PATH_ENV)
     if token_path and not os.path.isfile(token_path):
         raise ConfigError(f"{TOKEN_PATH_ENV}={token_path} does not exist")
     credentials = ServiceAccountTokenVolumeCredentials(token_path) if token_path else None
     # kfp.Client treats namespace="kubeflow" (its default) as "not given" and asks healthz.
-    return kfp.Client(host=host, namespace=namespace or "kubeflow", credentials=credentials)
+    return _client_class()(timeout_s, host=host, namespace=namespace or "kubeflow", credentials=credentials)
+
+
+def _client_class():
+    """kfp.Client with two changes, both so that an error reaches the user at once:
+    * every request waits at most `timeout_s` for an answer: kfp.Client passes urllib3 no timeout, so a server that
+      accepts the connection and never answers would hang the command (the CronJob) until it is killed;
+    * GET /healthz is asked once: kfp.Client retries a refused answer (401, 404, 500) five times 5 s apart, logging
+      a traceback each time, and then reports a timeout instead of the answer."""
+    import kfp
+
+    class Client(kfp.Client):
+        def __init__(self, timeout_s: float, **kwargs):
+            # urllib3's (connect, read) timeouts; kfp_server_api ignores a plain float.
+            self._request_timeout = (timeout_s, timeout_s)
+            super().__init__(**kwargs)
+            # All of kfp.Client's API objects share one ApiClient and so one REST client.
+            rest = self._run_api.api_client.rest_client
+            request = rest.request
+
+            def request_with_timeout(*args, _request_timeout=None, **kw):
+                return request(*args, _request_timeout=_request_timeout or self._request_timeout, **kw)
+
+            rest.request = request_with_timeout
+
+        def get_kfp_healthz(self, sleep_duration: int = 5):
+            # Called by kfp.Client.__init__ (no namespace), before the REST client above is wrapped.
+            return self._healthz_api.get_healthz(_request_timeout=self._request_timeout)
+
+    return Client
 
 
 def resolve_namespace(namespace: Optional[str]) -> Optional[str]:
@@ -72,6 +134,7 @@ def submit(
     params: Optional[Mapping[str, Any]] = None,
     namespace: Optional[str] = None,
     pipeline_root: Optional[str] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> str:
     """Creates one run of the package in `experiment` (created if missing); returns the run id.
 
@@ -83,15 +146,17 @@ def submit(
     arguments = coerce_params(package_path, params or {})
     pipeline_root = pipeline_root or default_pipeline_root(package_path)
     namespace = resolve_namespace(namespace)
-    client = make_client(host, namespace)
-    result = client.create_run_from_pipeline_package(
-        pipeline_file=package_path,
-        arguments=arguments,
-        run_name=run_name or default_run_name(package_path),
-        experiment_name=experiment,
-        namespace=namespace,
-        pipeline_root=pipeline_root,
-    )
+    host = resolve_host(host)
+    with api_errors(host, timeout_s, "submit"):
+        client = make_client(host, namespace, timeout_s)
+        result = client.create_run_from_pipeline_package(
+            pipeline_file=package_path,
+            arguments=arguments,
+            run_name=run_name or default_run_name(package_path),
+            experiment_name=experiment,
+            namespace=namespace,
+            pipeline_root=pipeline_root,
+        )
     log.info("submitted run %s to experiment %s", result.run_id, experiment)
     return result.run_id
 
@@ -107,6 +172,7 @@ def schedule(
     pipeline_root: Optional[str] = None,
     max_concurrency: int = 1,
     catchup: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> str:
     """Creates a KFP recurring run of the package on `cron` (UTC); returns the recurring run id.
 
@@ -120,19 +186,21 @@ def schedule(
     cron = kfp_cron(cron)
     pipeline_root = pipeline_root or default_pipeline_root(package_path)
     namespace = resolve_namespace(namespace)
-    client = make_client(host, namespace)
-    experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
-    recurring = client.create_recurring_run(
-        experiment_id=experiment_id,
-        job_name=name,
-        cron_expression=cron,
-        max_concurrency=max_concurrency,
-        no_catchup=not catchup,
-        params=arguments,
-        pipeline_package_path=package_path,
-        pipeline_root=pipeline_root,
-        enabled=True,
-    )
+    host = resolve_host(host)
+    with api_errors(host, timeout_s, "schedule"):
+        client = make_client(host, namespace, timeout_s)
+        experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
+        recurring = client.create_recurring_run(
+            experiment_id=experiment_id,
+            job_name=name,
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            no_catchup=not catchup,
+            params=arguments,
+            pipeline_package_path=package_path,
+            pipeline_root=pipeline_root,
+            enabled=True,
+        )
     log.info("created recurring run %s (%s) in experiment %s", recurring.recurring_run_id, cron, experiment)
     return recurring.recurring_run_id
 
@@ -171,6 +239,111 @@ def parse_params(items: Iterable[str]) -> Dict[str, str]:
     return params
 
 
+# --- what goes wrong on the wire -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def api_errors(host: str, timeout_s: float, command: str) -> Iterator[None]:
+    """A refusal of the KFP API, or no answer, inside leaves as one KfpError naming the host and what to do."""
+    try:
+        yield
+    except Exception as exc:
+        error = wire_error(exc, host, timeout_s, command)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def wire_error(exc: BaseException, host: str, timeout_s: float, command: str) -> Optional[KfpError]:
+    """The KfpError for an exception of kfp.Client's HTTP stack; None for anything else (a bug)."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        return _refusal(exc, host, command)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason  # urllib3 retried; the last attempt's error says what happened
+    if isinstance(exc, urllib3.exceptions.LocationValueError):
+        return KfpError(
+            f"--host {host} is not a URL like http://ml-pipeline-ui.kubeflow: {exc}", outcome.EXIT_INVALID_SETTINGS
+        )
+    # Before the timeouts: urllib3 1.26 derives NewConnectionError (refused, unknown host) from ConnectTimeoutError.
+    if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError, ConnectionError)):
+        return KfpError(
+            f"cannot reach the KFP API at {host}: {_os_reason(exc)}. Check --host (or ${HOST_ENV}) and that the API "
+            f"is up; nothing was {_created(command)}",
+            outcome.EXIT_UNAVAILABLE,
+        )
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout)):
+        return KfpError(
+            f"the KFP API at {host} did not answer within {timeout_s:g} s (--timeout). Check that it is up and "
+            f"--host is its address; try again later",
+            outcome.EXIT_UNAVAILABLE,
+        )
+    return None
+
+
+def _refusal(exc: Any, host: str, command: str) -> KfpError:
+    """The KfpError for an HTTP error answer (kfp_server_api.ApiException; status 0: no HTTP answer at all)."""
+    status, reason = exc.status or 0, exc.reason or ""
+    answer = f"HTTP {status} {reason}".strip() + (f": {_answer_message(exc.body)}" if exc.body else "")
+    if status == 401:
+        token = os.environ.get(TOKEN_PATH_ENV)
+        fix = (
+            f"check the token in {token} (${TOKEN_PATH_ENV}): a ServiceAccount token with audience "
+            "pipelines.kubeflow.org that has not expired"
+            if token
+            else f"no token was sent: set {TOKEN_PATH_ENV} to a ServiceAccount token file (audience "
+            "pipelines.kubeflow.org)"
+        )
+        return KfpError(
+            f"the KFP API at {host} refused the credentials ({answer}): {fix}", outcome.EXIT_INVALID_SETTINGS
+        )
+    if status == 403:
+        return KfpError(
+            f"the KFP API at {host} refused the request ({answer}): the ServiceAccount lacks a KFP permission in "
+            f"this namespace; `ftune {command} --help` lists the ones it needs",
+            outcome.EXIT_INVALID_SETTINGS,
+        )
+    if status == 404:
+        return KfpError(
+            f"the KFP API at {host} answered {answer}: is --host the KFP API endpoint (e.g. "
+            "http://ml-pipeline-ui.kubeflow, not the dashboard), and --namespace right?",
+            outcome.EXIT_INVALID_SETTINGS,
+        )
+    if status == 0 or status >= 500:
+        return KfpError(
+            f"the KFP API at {host} failed ({answer or reason}); nothing was {_created(command)}: try again "
+            "later (the ml-pipeline server's log says why)",
+            outcome.EXIT_UNAVAILABLE,
+        )
+    return KfpError(f"the KFP API at {host} rejected the request ({answer})", outcome.EXIT_INVALID_SETTINGS)
+
+
+def _answer_message(body: Any) -> str:
+    """The first line of an error answer's message (KFP answers {"error": ..., "message": ...}), at most 300 chars."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict):
+            text = str(data.get("message") or data.get("error") or text)
+    except ValueError:
+        pass
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def _os_reason(exc: BaseException) -> str:
+    """ "Connection refused" from urllib3's "<...HTTPConnection object at 0x..>: Failed to establish a new
+    connection: [Errno 111] Connection refused"."""
+    text = str(exc).split("connection: ", 1)[-1]
+    return re.sub(r"^\[Errno -?\d+\] ", "", text).strip() or type(exc).__name__
+
+
+def _created(command: str) -> str:
+    return "scheduled" if command == "schedule" else "submitted"
+
+
 # --- the package -------------------------------------------------------------------------------------------------
 
 
@@ -187,7 +360,22 @@ def _pipeline_document(package_path: str) -> Dict[str, Any]:
     if not package_path.endswith((".yaml", ".yml")):
         return {}
     with open(_checked_package(package_path)) as f:
-        return next(iter(yaml.safe_load_all(f)), None) or {}
+        try:
+            document = next(iter(yaml.safe_load_all(f)), None) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"pipeline package {package_path} is not valid YAML ({_first_line(exc)}): "
+                "build it again with `ftune compile`"
+            ) from exc
+    if not isinstance(document, dict) or "pipelineInfo" not in document or "root" not in document:
+        raise ConfigError(
+            f"{package_path} is not a compiled pipeline (no pipelineInfo and root): build it with `ftune compile`"
+        )
+    return document
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def pipeline_name(package_path: str) -> Optional[str]:

@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
+from serving import sidecars
 
 log = logging.getLogger("ftune")
 
@@ -43,7 +44,7 @@ def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] =
     Regenerating would rewrite identical files with new timestamps, which changes ExampleGen's input fingerprint
     and defeats caching, so an existing folder made with the same parameters is reused.
     """
-    from pipeline.sample_data import generate_sample_data
+    from pipeline.sample_data import generate_presplit_sample_data, generate_sample_data
 
     root = os.path.abspath(config.sample_data_dir)
     params = {
@@ -51,6 +52,13 @@ def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] =
         "per_class": config.data.sample_per_class,
         "seed": config.data.sample_seed,
     }
+    # Pre-split (train/ + validation/) unless the hash split was asked for: every class then gets its eval_fraction
+    # share of eval images, enough for the per-class gate (a hash split left two demo classes below its minimum).
+    presplit = config.data.split_mode != "hash"
+    if presplit:
+        params.update(
+            eval_fraction=config.data.eval_fraction, train_dir=config.data.train_dir, eval_dir=config.data.eval_dir
+        )
     marker = os.path.join(root, ".params.json")
     if os.path.exists(marker):
         with open(marker) as f:
@@ -62,7 +70,10 @@ def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] =
 
         shutil.rmtree(root)
     progress(f"generating sample data in {root} ({params['classes']} classes x {params['per_class']} images)")
-    generate_sample_data(root, progress=progress, **params)
+    if presplit:
+        generate_presplit_sample_data(root, progress=progress, **params)
+    else:
+        generate_sample_data(root, progress=progress, **params)
     with open(marker, "w") as f:
         json.dump(params, f)
     return root
@@ -82,7 +93,7 @@ class _ProgressFilter(logging.Filter):
         "Trainer:",
         "Evaluator:",
         "Pusher:",
-        "ServedModelBaseline:",
+        f"{sidecars.SERVED_MODEL_BASELINE}:",
         "Fine-tune",
         "Phase",
     )
@@ -364,14 +375,13 @@ def unchanged_since_served(
     (serving/model_record.py), not with MLMD: a fresh pipeline root or another machine sees the same answer.
 
     Returns {"unchanged": bool, "version": served version or None, "reason": why training is (not) needed}."""
-    from components.image_example_gen import input_fingerprint, make_input_config
-    from serving.model_record import read_record
+    from components.image_listing import input_fingerprint, make_input_config
     from serving.model_versions import latest_served
 
     version, path = latest_served(config.serving_model_dir)
     if path is None:
         return {"unchanged": False, "version": None, "reason": "nothing is served yet"}
-    record = read_record(path) or {}
+    record = sidecars.read_model_record(path) or {}
     recorded_fingerprint = (record.get("data") or {}).get("fingerprint")
     if not recorded_fingerprint or record.get("settings") is None:
         return {"unchanged": False, "version": version, "reason": f"served version {version} has no data record"}
@@ -409,7 +419,7 @@ def _run_local_locked(
 ) -> Dict:
     from tfx import v1 as tfx
 
-    from components.image_example_gen import resolve_split_mode, select_spans
+    from components.image_listing import resolve_split_mode, select_spans
 
     if stop_after != "ingest":
         from trainer.weights import resolve_weights

@@ -9,6 +9,10 @@ Publishing is atomic on local/PVC paths: the model is copied into a hidden stagi
 filesystem is atomic, so a poller sees either no new version or a complete one. Versions are 1, 2, 3, ...
 (highest + 1), which TF Serving orders numerically. Object stores (gs://, s3://) have no atomic rename; there TF
 Serving's own check for `saved_model.pb` (copied last) is what protects a poller.
+
+Local folders (and PVC mounts) are listed and copied with Python's own file functions, so that `ftune versions`
+and `ftune rollback` start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio, which
+is imported only then.
 """
 
 from __future__ import annotations
@@ -21,26 +25,45 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from tfx.dsl.io import fileio
-from tfx.utils import io_utils
-
-from serving.model_record import write_record
+from serving import sidecars
 
 STAGING_PREFIX = ".staging-"
 NO_SERVED_VERSION = -1
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _fileio():
+    """TFX's filesystem layer, for gs:// and s3:// (and the model artifacts a push copies): loads TensorFlow."""
+    from tfx.dsl.io import fileio
+
+    return fileio
+
+
+def serving_folder_exists(serving_model_dir: str) -> bool:
+    if _is_uri(serving_model_dir):
+        return _fileio().isdir(serving_model_dir)
+    return os.path.isdir(serving_model_dir)
 
 
 def served_versions(serving_model_dir: str) -> List[int]:
     """Complete versions in TF Serving's layout: integer-named folders holding a saved_model.pb, ascending.
 
     Staging folders of an in-progress push have non-numeric names (TF Serving ignores them, and so do we)."""
-    # fileio: the serving directory is a mounted volume or a gs:// / s3:// URI that TF Serving reads natively.
-    if not fileio.isdir(serving_model_dir):
+    # The serving directory is a mounted volume or a gs:// / s3:// URI that TF Serving reads natively.
+    if not serving_folder_exists(serving_model_dir):
         return []
+    if _is_uri(serving_model_dir):
+        fileio = _fileio()
+        names, exists = fileio.listdir(serving_model_dir), fileio.exists
+    else:
+        names, exists = os.listdir(serving_model_dir), os.path.exists
     versions = []
-    for name in fileio.listdir(serving_model_dir):
+    for name in names:
         name = name.rstrip("/")
-        if name.isdigit() and fileio.exists(os.path.join(serving_model_dir, name, "saved_model.pb")):
+        if name.isdigit() and exists(os.path.join(serving_model_dir, name, "saved_model.pb")):
             versions.append(int(name))
     return sorted(versions)
 
@@ -57,6 +80,7 @@ def serving_state(serving_model_dir: str) -> str:
 
     It is an execution property, so the component's cached result is reused only while the serving directory is
     unchanged: a model pushed by the previous run becomes the next run's baseline."""
+    fileio = _fileio()
     parts = []
     for version in served_versions(serving_model_dir):
         stat = fileio.stat(os.path.join(serving_model_dir, str(version), "saved_model.pb"))
@@ -77,13 +101,16 @@ def push(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any
 def push_to_object_store(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
     """gs:// or s3://: no atomic rename, so copy saved_model.pb last (TF Serving loads a version only once that
     file exists), as TFX's own Pusher does."""
+    from tfx.utils import io_utils
+
+    fileio = _fileio()
     # Above every integer name, complete or not (fileio: gs:// and s3:// too).
     names = [n.rstrip("/") for n in fileio.listdir(serving_model_dir)] if fileio.isdir(serving_model_dir) else []
     version = max([int(n) for n in names if n.isdigit()] or [0]) + 1
     target = os.path.join(serving_model_dir, str(version))
     io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb$"])
     if record is not None:
-        write_record(target, {**record, "version": version})
+        sidecars.write_model_record(target, {**record, "version": version})
     io_utils.copy_file(os.path.join(model_path, "saved_model.pb"), os.path.join(target, "saved_model.pb"))
     return version
 
@@ -165,14 +192,13 @@ def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Di
         )
     staging = os.path.join(serving_model_dir, _staging_name())
     try:
-        # The model is an artifact (gs:// on Kubeflow): read it through TFX's filesystem layer.
-        io_utils.copy_dir(model_path, staging)
+        _copy_dir(model_path, staging)
         for _ in range(_MAX_PUSH_ATTEMPTS):
             version = (numeric_names(serving_model_dir) or [0])[-1] + 1
             target = os.path.join(serving_model_dir, str(version))
             if record is not None:
                 # Inside the staged copy, so the version appears with its record or not at all.
-                write_record(staging, {**record, "version": version})
+                sidecars.write_model_record(staging, {**record, "version": version})
             _fsync_tree(staging)
             try:
                 # os.rename onto an existing non-empty folder fails, so a concurrent push cannot be overwritten.
@@ -187,11 +213,23 @@ def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Di
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _copy_dir(source: str, target: str) -> None:
+    """Copies the files below `source` to the new folder `target` (contents only, as TFX's io_utils.copy_dir)."""
+    if _is_uri(source):
+        # The model is an artifact (gs:// on Kubeflow): read it through TFX's filesystem layer.
+        from tfx.utils import io_utils
+
+        io_utils.copy_dir(source, target)
+    else:
+        shutil.copytree(source, target, copy_function=shutil.copyfile)
+
+
 def same_model_served(model_path: str, serving_model_dir: str) -> int:
     """The served version holding this very SavedModel (same `fingerprint.pb`: graph and weights hashes), or 0.
 
     Re-running an unchanged pipeline re-evaluates against the served copy of the same model and blesses it;
     pushing it again would only add a duplicate version."""
+    fileio = _fileio()
     candidate = os.path.join(model_path, "fingerprint.pb")
     if not fileio.exists(candidate):
         return 0
@@ -220,6 +258,7 @@ def prune_versions(serving_model_dir: str, keep: int) -> List[int]:
     if keep <= 0 or len(versions) <= keep:
         return []
     doomed = versions[:-keep]
+    fileio = _fileio()
     for version in doomed:
         fileio.rmtree(os.path.join(serving_model_dir, str(version)))
     return doomed

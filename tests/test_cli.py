@@ -107,3 +107,84 @@ def test_unusable_data_is_reported_as_such(tmp_path):
     )
     assert result.returncode == outcome.EXIT_UNUSABLE_INPUT
     assert "unusable data" in result.stderr and "at least 2" in result.stderr
+
+
+def test_every_command_has_the_quiet_console_and_verbose():
+    parser = cli.build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        assert "--verbose" in sub.format_help(), f"`ftune {name}` has no --verbose"
+
+
+def test_a_bug_is_a_traceback_and_a_line_saying_so(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("no such key in a dict ftune built itself")
+
+    monkeypatch.setattr(cli, "cmd_config", broken)
+    assert cli.main(["config"]) == outcome.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err
+    assert err.strip().splitlines()[-1].startswith("ftune: error: unexpected KeyError") and "bug" in err
+
+
+def test_user_errors_are_found_anywhere_in_the_chain():
+    from pipeline.cli_errors import classify_error
+
+    try:
+        try:
+            raise ConfigError("trainer.bogus is not a setting")
+        except ConfigError as inner:
+            raise RuntimeError("TFX wrapped it") from inner
+    except RuntimeError as wrapped:
+        assert classify_error(wrapped) == (outcome.EXIT_INVALID_SETTINGS, "trainer.bogus is not a setting")
+    denied = PermissionError(13, "Permission denied", "/srv/report")
+    assert classify_error(denied) == (outcome.EXIT_UNUSABLE_INPUT, "Permission denied: /srv/report")
+    assert classify_error(ValueError("a bug")) is None
+    assert classify_error(OSError("an OSError without a path is a bug too")) is None
+
+
+def test_argument_errors_are_one_line_exit_2():
+    result = ftune("rollback", "--to", "latest")
+    assert result.returncode == outcome.EXIT_INVALID_SETTINGS
+    assert result.stderr.strip().splitlines() == [
+        "ftune rollback: error: argument --to: invalid int value: 'latest' (see `ftune rollback --help`)"
+    ]
+
+
+# Runs a command in-process, then says which heavy libraries it imported.
+_IMPORTS_AFTER = """
+import sys
+from pipeline import cli
+code = cli.main(sys.argv[1:])
+print("loaded:", sorted(m for m in ("tensorflow", "tfx", "apache_beam") if m in sys.modules), "exit:", code)
+"""
+
+
+def test_record_and_kfp_commands_start_without_tensorflow(tmp_path):
+    """`versions`, `rollback` (with a real copy) and `submit` (against a closed port) on local paths never import
+    TensorFlow, TFX or Beam; nor does `compile --help`."""
+    base = tmp_path / "serving" / "image_classifier"
+    for version in (1, 2):
+        (base / str(version) / "assets.extra").mkdir(parents=True)
+        (base / str(version) / "saved_model.pb").write_bytes(b"model %d" % version)
+        (base / str(version) / "assets.extra" / "model_record.json").write_text(json.dumps({"version": version}))
+    package = tmp_path / "p.yaml"
+    package.write_text(json.dumps({"pipelineInfo": {"name": "ftune"}, "root": {"dag": {"tasks": {}}}}))
+    serving = f"push.serving_dir={tmp_path / 'serving'}"
+    for argv, code in (
+        (["versions", "--set", serving], outcome.EXIT_OK),
+        (["rollback", "--set", serving], outcome.EXIT_OK),
+        (["submit", "--host", "http://127.0.0.1:9", "--package", str(package), "--timeout", "1"], 6),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", _IMPORTS_AFTER, *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert f"loaded: [] exit: {code}" in result.stdout, (argv, result.stdout, result.stderr[-2000:])
+    assert (base / "3" / "saved_model.pb").read_bytes() == b"model 1"  # the rollback did copy version 1
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pipeline.cli", "compile", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and " tensorflow\n" not in result.stderr and " tfx\n" not in result.stderr

@@ -504,11 +504,9 @@ def check_stale_staging(tmp_path, caplog, *_):
 
 
 def check_disk_full(tmp_path, caplog, monkeypatch):
-    from tfx.utils import io_utils
-
     model, serving = fake_model(tmp_path / "model"), str(tmp_path / "serving" / "m")
     assert push_within(model, serving) == 1
-    real_copy = io_utils.copy_dir
+    real_copy = model_versions._copy_dir  # the push's one copy of the model into its staging folder
 
     def copy_until_full(source, destination, **kwargs):
         real_copy(source, destination, **kwargs)
@@ -517,7 +515,7 @@ def check_disk_full(tmp_path, caplog, monkeypatch):
             f.truncate(1000)  # the copy got this far
         raise OSError(errno.ENOSPC, "No space left on device", data)
 
-    monkeypatch.setattr(io_utils, "copy_dir", copy_until_full)
+    monkeypatch.setattr(model_versions, "_copy_dir", copy_until_full)
     with pytest.raises(OSError, match="No space left"):
         model_versions.push(model, serving)
     assert os.listdir(serving) == ["1"], "a partial version or staging folder is visible"

@@ -3,13 +3,15 @@ like the KFP v2beta1 API (minimal valid JSON). No mock objects: kfp.Client's own
 
 import http.server
 import json
+import socket
 import threading
+import time
 import urllib.parse
 
 import pytest
 import yaml
 
-from pipeline import kfp_client
+from pipeline import kfp_client, outcome
 from pipeline.configs import ConfigError
 
 TOKEN = "projected-sa-token-123"
@@ -284,3 +286,85 @@ def test_cron_and_param_parsing():
     assert kfp_client.parse_params(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(ConfigError):
         kfp_client.parse_params(["novalue"])
+
+
+# --- what goes wrong on the wire: one KfpError naming the host, with the exit code a script can act on -----------
+
+
+class _Refusing(_KfpApi):
+    """Answers every request with the status in `server.status`."""
+
+    def do_GET(self):  # noqa: N802
+        self._record()
+        self._answer({"error": "refused by the test", "message": "refused by the test"}, self.server.status)
+
+    do_POST = do_GET
+
+
+@pytest.fixture
+def refusing():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    server.requests, server.status = [], 500
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "status, code, words",
+    [
+        (401, outcome.EXIT_INVALID_SETTINGS, "refused the credentials"),
+        (403, outcome.EXIT_INVALID_SETTINGS, "lacks a KFP permission"),
+        (404, outcome.EXIT_INVALID_SETTINGS, "is --host the KFP API endpoint"),
+        (400, outcome.EXIT_INVALID_SETTINGS, "rejected the request"),
+        (500, outcome.EXIT_UNAVAILABLE, "try again later"),
+        (503, outcome.EXIT_UNAVAILABLE, "try again later"),
+    ],
+)
+def test_a_refusal_is_one_error_and_healthz_is_asked_once(refusing, package, status, code, words):
+    refusing.status = status
+    host = f"http://127.0.0.1:{refusing.server_address[1]}"
+    started = time.time()
+    with pytest.raises(kfp_client.KfpError) as error:
+        kfp_client.submit(host, package)  # no namespace: healthz first
+    assert error.value.exit_code == code and words in str(error.value) and host in str(error.value)
+    assert f"HTTP {status}" in str(error.value) and "refused by the test" in str(error.value)
+    # kfp.Client alone would ask five times, 5 s apart, and then report a timeout.
+    assert [r["path"] for r in refusing.requests] == ["/apis/v2beta1/healthz"]
+    assert time.time() - started < 5
+
+
+def test_no_answer_within_the_timeout_is_unavailable(package):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections wait in the backlog; nothing ever answers
+        host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.time()
+        with pytest.raises(kfp_client.KfpError, match=r"did not answer within 0\.3 s") as error:
+            kfp_client.submit(host, package, namespace="team-a", timeout_s=0.3)
+    assert error.value.exit_code == outcome.EXIT_UNAVAILABLE
+    assert time.time() - started < 10  # urllib3 retries a GET 3 times: 4 x 0.3 s, plus start-up
+
+
+def test_closed_port_is_unavailable(package):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(kfp_client.KfpError, match="cannot reach the KFP API .* Connection refused") as error:
+        kfp_client.schedule(f"http://127.0.0.1:{port}", package, "@weekly", namespace="team-a")
+    assert error.value.exit_code == outcome.EXIT_UNAVAILABLE and "nothing was scheduled" in str(error.value)
+
+
+def test_malformed_packages_are_named(tmp_path, api, host):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("pipelineInfo: {name: x\nroot: [")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        kfp_client.submit(host, str(broken))
+    other = tmp_path / "other.yaml"
+    other.write_text("apiVersion: v1\nkind: ConfigMap\n")
+    with pytest.raises(ConfigError, match="not a compiled pipeline"):
+        kfp_client.submit(host, str(other))
+    assert api.requests == []
