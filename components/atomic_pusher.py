@@ -22,20 +22,22 @@ from typing import Any, Dict, List, Optional
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import base_component, executor_spec
-from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter
+from tfx.types.experimental.simple_artifacts import File
 
-from components.evaluator_gate import read_gate_summary
+from components.change_check import TRAINING_CODE_VERSION, read_decision, refused_attempt
+from serving import sidecars
 from serving.model_record import code_version, utc_now
 from serving.model_versions import prune_versions, push, same_model_served
 
 KEEP_VERSIONS_KEY = "keep_versions"
+# The change check's decision (components/change_check.py): the data and settings this run tried.
+CHANGE_DECISION_KEY = "change_decision"
 # custom_config key: the full settings (PipelineConfig.to_dict()) for the record.
 SETTINGS_KEY = "settings"
 EXAMPLES_KEY = "examples"
-HISTORY_FILE = "training_history.json"  # components/fine_tune_trainer.py writes it beside the SavedModel
 
 
 class Executor(pusher_executor.Executor):
@@ -47,15 +49,16 @@ class Executor(pusher_executor.Executor):
     ) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
-        if not self.CheckBlessing(input_dict):
-            logging.info("Pusher: model not blessed; nothing pushed")
-            self._MarkNotPushed(model_push)
-            return
         destination = pusher_pb2.PushDestination()
         from tfx.utils import proto_utils
 
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         serving_model_dir = destination.filesystem.base_directory
+        if not self.CheckBlessing(input_dict):
+            self._remember_refusal(input_dict, serving_model_dir)
+            logging.info("Pusher: model not blessed; nothing pushed")
+            self._MarkNotPushed(model_push)
+            return
         model_path = self.GetModelPath(input_dict)
         existing = same_model_served(model_path, serving_model_dir)
         if existing:
@@ -74,6 +77,20 @@ class Executor(pusher_executor.Executor):
         logging.info("Pusher: pushed version %d to %s; removed old versions %s", version, pushed, pruned)
         self._MarkPushed(model_push, pushed_destination=pushed, pushed_version=str(version))
 
+    def _remember_refusal(self, input_dict: Dict[str, List[types.Artifact]], serving_model_dir: str) -> None:
+        """Writes refused_attempt.json beside the versions, so that the next run's change check does not retrain the
+        same data and settings against the same served version (components/change_check.py)."""
+        decisions = input_dict.get(CHANGE_DECISION_KEY) or []
+        if not decisions:
+            return
+        blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
+        gate = sidecars.read_gate(blessing.uri) or {}
+        failed = [f.get("text", "") for f in gate.get("failures") or []] or [gate.get("decision") or "not blessed"]
+        run_id = self._context.pipeline_run_id if self._context else None
+        attempt = refused_attempt(read_decision(decisions[0]), failed, run_id)
+        path = sidecars.write_refused_attempt(serving_model_dir, attempt)
+        logging.info("Pusher: refused attempt recorded in %s", path)
+
     def _record(self, input_dict: Dict[str, List[types.Artifact]], custom_config: Dict[str, Any]) -> Dict[str, Any]:
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
@@ -81,8 +98,8 @@ class Executor(pusher_executor.Executor):
         run_id = self._context.pipeline_run_id if self._context else None
         return build_record(
             model_uri=model.uri,
-            gate=read_gate_summary(blessing.uri),
-            ingest=_read_json(os.path.join(examples.uri, "ingest_report.json")) if examples is not None else None,
+            gate=sidecars.read_gate(blessing.uri),
+            ingest=sidecars.read_ingest_report(examples.uri) if examples is not None else None,
             settings=custom_config.get(SETTINGS_KEY),
             pipeline_run=run_id,
         )
@@ -91,13 +108,6 @@ class Executor(pusher_executor.Executor):
     def _get_custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
         raw = exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}"
         return json.loads(raw) if isinstance(raw, str) else dict(raw)
-
-
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
-    if not fileio.exists(path):
-        return None
-    with fileio.open(path, "r") as f:
-        return json.load(f)
 
 
 def _started_at(pipeline_run: Optional[str]) -> Optional[str]:
@@ -117,7 +127,7 @@ def build_record(
     pipeline_run: Optional[str],
 ) -> Dict[str, Any]:
     """The record of a version about to be pushed (keys: serving/model_record.py); "version" is set at publish."""
-    history = _read_json(os.path.join(model_uri, HISTORY_FILE)) or {}
+    history = sidecars.read_history(model_uri) or {}
     gate = gate or {}
     settings = json.loads(json.dumps(settings)) if settings else None
     if settings is not None:
@@ -139,6 +149,7 @@ def build_record(
         "ended_at": now,
         "pipeline_run": pipeline_run,
         "code_version": code_version(),
+        "training_code_version": TRAINING_CODE_VERSION,
         "labels": history.get("class_names") or gate.get("labels"),
         "data": {
             "roots": [ingest["input_base"]] if ingest and ingest.get("input_base") else [],
@@ -173,21 +184,33 @@ class RecordingPusherSpec(standard_component_specs.PusherSpec):
     INPUTS = {
         **standard_component_specs.PusherSpec.INPUTS,
         EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+        CHANGE_DECISION_KEY: ChannelParameter(type=File, optional=True),
     }
 
 
 class RecordingPusher(base_component.BaseComponent):
-    """TFX's Pusher with the atomic, recorded push, and ImageExampleGen's examples as an input (for the record)."""
+    """TFX's Pusher with the atomic, recorded push; ImageExampleGen's examples are an input for the record, the
+    change check's decision for the refused-attempt memory."""
 
     SPEC_CLASS = RecordingPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, *, model, model_blessing, examples, serving_model_dir: str, custom_config: Dict[str, Any]):
+    def __init__(
+        self,
+        *,
+        model,
+        model_blessing,
+        examples,
+        change_decision,
+        serving_model_dir: str,
+        custom_config: Dict[str, Any],
+    ):
         super().__init__(
             spec=RecordingPusherSpec(
                 model=model,
                 model_blessing=model_blessing,
                 examples=examples,
+                change_decision=change_decision,
                 push_destination=pusher_pb2.PushDestination(
                     filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_model_dir)
                 ),

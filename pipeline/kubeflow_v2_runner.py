@@ -33,22 +33,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from pipeline.configs import KUBEFLOW_BEAM_ARGS, ConfigError, KubeflowConfig, PipelineConfig
+from serving import sidecars
+from trainer.settings import run_parameter_types
 
 log = logging.getLogger("ftune")
 
 # What users change per run, as KFP run parameters: name -> (config section, field, type). The compiled
-# defaults are the configured values.
+# defaults are the configured values. The Trainer's share is the one table of what its component accepts as a run
+# parameter (trainer/settings.py RUN_PARAMETER_FIELDS); data_root feeds ImageExampleGen, accuracy_floor the Evaluator.
 RUNTIME_KNOBS: Dict[str, Tuple[str, str, type]] = {
     "data_root": ("data", "data_root", str),
-    "phase1_epochs": ("trainer", "phase1_epochs", int),
-    "phase2_epochs": ("trainer", "phase2_epochs", int),
-    # A run that warm-starts from the served model trains these instead of phase1/phase2_epochs.
-    "warm_phase1_epochs": ("trainer", "warm_phase1_epochs", int),
-    "warm_phase2_epochs": ("trainer", "warm_phase2_epochs", int),
-    "learning_rate": ("trainer", "learning_rate", float),
+    **{name: ("trainer", name, kind) for name, kind in run_parameter_types().items()},
     "accuracy_floor": ("eval", "accuracy_floor", float),
 }
-TRAINER_NODE_ID = "Trainer"
+# A run parameter that is no setting: 1 trains even when the change check finds nothing new (`ftune run --force`).
+FORCE_PARAMETER = "force"
+RUN_PARAMETERS = (*RUNTIME_KNOBS, FORCE_PARAMETER)
 # Push destinations TFX writes to directly (no volume); anything else is a path on the serving PVC.
 REMOTE_PUSH_SCHEMES = ("gs://", "s3://")
 # Executor kinds that open-source KFP runs. TFX's Resolver nodes compile to `resolver`, which it rejects.
@@ -206,13 +206,15 @@ def resolve_split_mode(config: PipelineConfig) -> str:
 
 
 def runtime_parameters(config: PipelineConfig) -> Dict[str, Any]:
-    """{name: RuntimeParameter} for RUNTIME_KNOBS, each defaulting to the configured value."""
+    """{name: RuntimeParameter} for RUN_PARAMETERS: the RUNTIME_KNOBS defaulting to the configured values, and
+    `force` defaulting to 0."""
     from tfx.orchestration.data_types import RuntimeParameter
 
     params = {}
     for name, (section, field, ptype) in RUNTIME_KNOBS.items():
         value = getattr(getattr(config, section), field)
         params[name] = RuntimeParameter(name=name, ptype=ptype, default=ptype(value))
+    params[FORCE_PARAMETER] = RuntimeParameter(name=FORCE_PARAMETER, ptype=int, default=0)
     return params
 
 
@@ -258,7 +260,7 @@ def request_trainer_resources(pipeline, kubeflow: KubeflowConfig) -> None:
         # Open-source KFP uses the type verbatim as the Kubernetes resource name, e.g. nvidia.com/gpu.
         resources.accelerator.type = kubeflow.gpu_type
         resources.accelerator.count = kubeflow.gpu_count
-    find_node(pipeline, TRAINER_NODE_ID).with_platform_config(resources)
+    find_node(pipeline, sidecars.TRAINER).with_platform_config(resources)
 
 
 def memory_gb(quantity: str) -> float:
@@ -343,12 +345,18 @@ def _proto_value(value: Any):
     return result
 
 
+# Tasks that read folders outside the pipeline (the data, the serving volume), which change between runs while
+# their settings stay the same.
+SOURCE_NODES = (sidecars.CHANGE_CHECK, sidecars.EXAMPLE_GEN, sidecars.SERVED_MODEL_BASELINE)
+
+
 def disable_cache_for_sources(spec) -> None:
-    """Tasks without input artifacts (ImageExampleGen, the served-model baseline) read folders that change between
-    runs while their settings stay the same, so a KFP cache hit would replay last week's data and last week's served
-    model. (TFX's file-fingerprint driver, which would notice, runs only on Vertex AI.)"""
-    for task in spec.root.dag.tasks.values():
-        if not task.inputs.artifacts:
+    """The change check, ImageExampleGen and the served-model baseline read folders that change between runs while
+    their settings stay the same, so a KFP cache hit would replay last week's decision, data or served model. (TFX's
+    file-fingerprint driver, which would notice, runs only on Vertex AI.) Their tasks are named by node id: under
+    the change check's Cond every guarded task has the decision as an input artifact."""
+    for name, task in spec.root.dag.tasks.items():
+        if name in SOURCE_NODES:
             task.caching_options.enable_cache = False
 
 
@@ -360,12 +368,8 @@ def executor_label(spec, task_name: str) -> str:
 
 
 def gpu_tolerations(kubeflow: KubeflowConfig) -> List[Dict[str, Any]]:
-    """kubeflow.gpu_tolerations when the config has it; else tolerate the usual GPU-pool taint (GKE and the NVIDIA
-    GPU operator taint GPU nodes with `<gpu resource name>`, effect NoSchedule)."""
-    configured = getattr(kubeflow, "gpu_tolerations", None)
-    if configured is not None:
-        return [dict(t) for t in configured]
-    return [{"key": kubeflow.gpu_type, "operator": "Exists", "effect": "NoSchedule"}]
+    """kubeflow.gpu_tolerations, copied (the default tolerates the GPU pool's usual taint)."""
+    return [dict(t) for t in kubeflow.gpu_tolerations]
 
 
 def trainer_kubernetes_config(kubeflow: KubeflowConfig) -> Dict[str, Any]:
@@ -413,7 +417,7 @@ def platform_spec(spec, config: PipelineConfig):
     result = pipeline_spec_pb2.PlatformSpec()
     for task_name in sorted(spec.root.dag.tasks):
         task_config: Dict[str, Any] = {}
-        if task_name == TRAINER_NODE_ID:
+        if task_name == sidecars.TRAINER:
             task_config.update(trainer_kubernetes_config(config.kubeflow))
         if not uses_remote_push(config) and needs_serving_volume(spec, task_name, config.serving_model_dir):
             task_config.update(volume_kubernetes_config(config))

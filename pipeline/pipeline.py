@@ -6,15 +6,17 @@ Modelled on TFX's templates: `create_pipeline` takes plain values, builds the co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, List, Mapping, Optional
 
 from tfx import v1 as tfx
 
-from components import atomic_pusher, evaluator_gate, fine_tune_trainer
+from components import atomic_pusher, change_check, evaluator_gate, fine_tune_trainer
 from components.image_example_gen import ImageExampleGen
 from components.served_model_baseline import ServedModelBaseline
 from pipeline.configs import PipelineConfig
+from serving import sidecars
 
 # Stages a caller can stop after (`ftune ingest` uses "ingest", trainer tests "train").
 STAGES = ("ingest", "train", "push")
@@ -35,6 +37,8 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     serving_state: str = "",
     runtime_parameters: Optional[Mapping[str, Any]] = None,
+    force: bool = False,
+    change_key: str = "",
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -48,37 +52,87 @@ def create_pipeline(
       beam_pipeline_args: args for Beam-based components (DirectRunner settings or a distributed runner).
       serving_state: the served versions' fingerprint (ServedModelBaseline re-runs when it changes); "" when
         the runner cannot see the serving directory at build time (then disable caching for that node).
-      runtime_parameters: Kubeflow run parameters {name: RuntimeParameter} for data_root, phase1_epochs,
-        phase2_epochs, learning_rate, accuracy_floor; None locally (the config's values are used).
+      runtime_parameters: Kubeflow run parameters {name: RuntimeParameter} (kubeflow_v2_runner.RUNTIME_KNOBS:
+        data_root, the Trainer's RUNTIME_OVERRIDES, accuracy_floor, and `force`); None locally (the config's
+        values are used).
+      force: train even when the change check finds nothing new (`ftune run --force`; on Kubeflow the `force`
+        run parameter).
+      change_key: what the change check's decision depends on, seen by the local runner at build time (served
+        versions, input fingerprint, refused attempt): MLMD reuses the decision, and what follows it, only while
+        that is unchanged. "" on Kubeflow, where the check is never cached.
+
+    A full pipeline (stop_after="push") starts with the change check (components/change_check.py); every other
+    component runs under `tfx.dsl.Cond` on its decision, so a run with nothing new (or only a batch the gate already
+    refused) ends after the check, locally and on Kubeflow alike.
     """
     if stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
-    data = config.data
     components = []
     run_params = dict(runtime_parameters or {})
+    guard = contextlib.nullcontext()
+    check = None
+    if stop_after == "push":
+        check = change_check.ChangeCheck(
+            data_root=run_params.get("data_root", data_root),
+            split_mode=split_mode,
+            train_dir=config.data.train_dir,
+            eval_dir=config.data.eval_dir,
+            spans=config.data.spans,
+            settings=config.to_dict(),
+            serving_model_dir=config.serving_model_dir,
+            force=run_params.get("force", int(force)),
+            cache_key=change_key,
+            **{k: run_params[k] for k in change_check.OVERRIDES if k in run_params},
+        ).with_id(sidecars.CHANGE_CHECK)
+        components.append(check)
+        # TFX compiles this into each guarded task's triggerPolicy.condition on Kubeflow; LocalDagRunner skips the
+        # guarded nodes itself. The property is always set, so the condition can always be evaluated.
+        decision = check.outputs[change_check.DECISION_KEY]
+        guard = tfx.dsl.Cond(decision.future()[0].custom_property(change_check.CHANGED_PROPERTY) == 1)
+    with guard:
+        components += _pipeline_components(config, data_root, split_mode, stop_after, serving_state, run_params, check)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [],
+    )
+
+
+def _pipeline_components(
+    config: PipelineConfig,
+    data_root: str,
+    split_mode: str,
+    stop_after: str,
+    serving_state: str,
+    run_params: Mapping[str, Any],
+    check: Optional[change_check.ChangeCheck],
+) -> list:
+    """ImageExampleGen to the Pusher (as far as `stop_after`), in order."""
+    data = config.data
+    components = []
 
     example_gen = ImageExampleGen(
-        input_base=run_params.get("data_root", data_root),
-        split_mode=split_mode,
-        train_dir=data.train_dir,
-        eval_dir=data.eval_dir,
-        eval_fraction=data.eval_fraction,
-        max_quarantine_fraction=data.max_quarantine_fraction,
-        max_image_pixels=data.max_image_pixels,
-        spans=data.spans,
-        max_file_bytes=data.max_file_bytes,
-    )
+        input_base=run_params.get("data_root", data_root), split_mode=split_mode, data=data
+    ).with_id(sidecars.EXAMPLE_GEN)
     components.append(example_gen)
 
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"]).with_id(
+        sidecars.STATISTICS_GEN
+    )
     components.append(statistics_gen)
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    schema_gen = tfx.components.SchemaGen(
+        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
+    ).with_id(sidecars.SCHEMA_GEN)
     components.append(schema_gen)
 
     if stop_after != "ingest":
         example_validator = tfx.components.ExampleValidator(
             statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
-        )
+        ).with_id(sidecars.EXAMPLE_VALIDATOR)
         components.append(example_validator)
 
         transform = tfx.components.Transform(
@@ -88,11 +142,13 @@ def create_pipeline(
             custom_config={"image_size": config.trainer.image_size, "max_image_pixels": data.max_image_pixels},
             # Statistics over serialized image tensors say nothing useful and cost a pass over the data.
             disable_statistics=True,
-        )
+        ).with_id(sidecars.TRANSFORM)
         components.append(transform)
 
         # The version TF Serving serves now: the Evaluator's baseline, and the Trainer's warm-start source.
-        baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state)
+        baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state).with_id(
+            sidecars.SERVED_MODEL_BASELINE
+        )
         components.append(baseline)
         warm_start = {"base_model": baseline.outputs["baseline_model"]} if config.trainer.warm_start == "auto" else {}
 
@@ -113,7 +169,7 @@ def create_pipeline(
             },
             **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},
             **warm_start,
-        ).with_id("Trainer")
+        ).with_id(sidecars.TRAINER)
         components.append(trainer)
 
     if stop_after == "push":
@@ -132,7 +188,7 @@ def create_pipeline(
             ),
             accuracy_floor=run_params.get("accuracy_floor"),
             min_class_examples=config.eval.min_class_examples,
-        ).with_id("Evaluator")
+        ).with_id(sidecars.EVALUATOR)
         components.append(evaluator)
 
         # Each pushed version carries its record (serving/model_record.py): the examples are an input for it.
@@ -140,19 +196,14 @@ def create_pipeline(
             model=trainer.outputs["model"],
             model_blessing=evaluator.outputs["blessing"],
             examples=example_gen.outputs["examples"],
+            # The decision names the data and settings tried; a refusal is remembered with them.
+            change_decision=check.outputs[change_check.DECISION_KEY],
             serving_model_dir=config.serving_model_dir,
             custom_config={
                 atomic_pusher.KEEP_VERSIONS_KEY: config.push.keep_versions,
                 atomic_pusher.SETTINGS_KEY: config.to_dict(),
             },
-        ).with_id("Pusher")
+        ).with_id(sidecars.PUSHER)
         components.append(pusher)
 
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=components,
-        enable_cache=enable_cache,
-        metadata_connection_config=metadata_connection_config,
-        beam_pipeline_args=beam_pipeline_args or [],
-    )
+    return components

@@ -12,6 +12,15 @@ What it stands in for, step by step (KFP backend 2.x, `backend/src/v2/driver` an
   executor reported; each output artifact gets the URI `<pipeline_root>/<pipeline name>/<run id>/<task>/<key>`
   and the type from the component's output definitions; the executor-output file (`/tmp/kfp_outputs/...` in a
   pod) is a fresh per-task path;
+* the driver's trigger condition: a task's `triggerPolicy.condition` (TFX compiles `tfx.dsl.Cond` into one, e.g.
+  `(inputs.artifacts['_ChangeCheck.decision'].artifacts[0].metadata['changed'] == 1.0)`) is evaluated with a real
+  CEL implementation (cel-python; KFP uses cel-go) over the task's resolved inputs, as KFP's driver does
+  (`backend/src/v2/expression`, `Condition`): the variables are the ExecutorInput's fields (`inputs`: `artifacts`
+  -> {key: {artifacts: [RuntimeArtifact: name, type, uri, metadata...]}}, `parameter_values`...; Struct numbers are
+  doubles, as in cel-go). False: the task is skipped (no pod, no outputs), and every task that depends on it is
+  skipped too without being looked at (the Argo DAG's `depends: <task>.Succeeded` omits them); the run still
+  succeeds. A condition that cannot be evaluated (a missing metadata key, a parse or type error, a result that is
+  not a bool) fails the run naming the task, as the driver's error fails the task;
 * KFP's cache: for tasks whose `cachingOptions.enableCache` is true, a fingerprint of what KFP's cache key holds
   (input artifact names, parameter values, output artifact types, image, command and args, PVC names) is looked
   up in a cache file shared by executions under the same root; a hit reuses the earlier outputs without running
@@ -29,8 +38,8 @@ chooses the interpreter and PYTHONPATH), image pulls, scheduling, resources, GPU
 process), read-only root filesystems and the pod's user, object storage (pipeline roots are local folders here,
 gs:// on the cluster, and the launcher's copying of artifacts between /gcs, /minio, /s3 and the bucket is not
 emulated), MLMD (artifact ids are made up here), the KFP UI, retries, timeouts and lifecycle hooks (TFX's
-`preCacheCheck` on ExampleGen is ignored, as open-source KFP ignores it), importer/resolver executors and
-trigger conditions (refused), and how long anything takes on a cluster.
+`preCacheCheck` on ExampleGen is ignored, as open-source KFP ignores it), importer/resolver executors (refused;
+KFP's compiler also refuses a condition on an importer), and how long anything takes on a cluster.
 """
 
 from __future__ import annotations
@@ -46,7 +55,9 @@ import time
 import uuid
 from typing import Any, Dict, List, Mapping, Optional
 
+import celpy
 import yaml
+from celpy import celtypes
 from google.protobuf import json_format
 from kfp.local import executor_input_utils, executor_output_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -61,6 +72,14 @@ class HarnessError(RuntimeError):
     """The package cannot run as KFP would run it (the message names the task and why)."""
 
 
+class ConditionError(HarnessError):
+    """A task's trigger condition cannot be evaluated; KFP's driver fails the task, so the run fails."""
+
+    def __init__(self, task: str, condition: str, why: str):
+        super().__init__(f"task {task}: trigger condition {condition!r} cannot be evaluated: {why}")
+        self.task, self.condition = task, condition
+
+
 class TaskFailed(HarnessError):
     def __init__(self, task: str, returncode: int, log_path: str):
         with open(log_path, errors="replace") as f:
@@ -72,13 +91,14 @@ class TaskFailed(HarnessError):
 @dataclasses.dataclass
 class TaskRun:
     name: str
-    state: str  # "executed" or "cached"
+    state: str  # "executed", "cached" or "skipped" (its condition was false, or a task it depends on was skipped)
     wall_s: float
     executor_input: Dict[str, Any]
     outputs: Dict[str, Dict[str, Any]]  # output key -> RuntimeArtifact as a dict (name, uri, type, metadata)
     output_parameters: Dict[str, Any]
     argv: List[str]
     log_path: str
+    note: str = ""  # why a task was skipped
 
 
 @dataclasses.dataclass
@@ -94,6 +114,9 @@ class Execution:
 
     def states(self) -> Dict[str, str]:
         return {name: run.state for name, run in self.tasks.items()}
+
+    def skipped(self) -> List[str]:
+        return [name for name in self.order if self.tasks[name].state == "skipped"]
 
 
 # --- reading the package -------------------------------------------------------------------------------------------
@@ -208,6 +231,101 @@ def cache_fingerprint(executor_input: Dict[str, Any], container: Dict[str, Any],
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+# --- trigger conditions (KFP's driver: backend/src/v2/expression, Condition) ---------------------------------------
+
+
+def evaluate_condition(task: str, condition: str, executor_input: Dict[str, Any]) -> bool:
+    """Whether the task runs: `condition` (CEL) over the ExecutorInput's fields, as KFP's driver evaluates it.
+
+    The driver declares the ExecutorInput proto as CEL's context, so `inputs` and `outputs` are variables and every
+    field reads by its proto name; it evaluates before provisioning outputs, so `outputs` is empty. Raises
+    ConditionError (naming the task) when the expression does not parse or evaluate, or is not a bool."""
+    message = json_format.ParseDict(
+        {"inputs": executor_input.get("inputs", {})}, pipeline_spec_pb2.ExecutorInput(), ignore_unknown_fields=False
+    )
+    environment = celpy.Environment()
+    try:
+        program = environment.program(environment.compile(condition))
+        activation = {field.name: _cel_field(message, field) for field in message.DESCRIPTOR.fields}
+        result = program.evaluate(activation)
+    except (celpy.CELParseError, celpy.CELEvalError) as exc:
+        raise ConditionError(task, condition, _cel_error_text(exc)) from exc
+    if isinstance(result, celpy.CELEvalError):
+        raise ConditionError(task, condition, _cel_error_text(result))
+    if not isinstance(result, celtypes.BoolType):
+        raise ConditionError(task, condition, f"the result is not a bool: {result!r}")
+    return bool(result)
+
+
+def _cel_error_text(error: Exception) -> str:
+    """cel-python's error as one line: "no such key: 'changed'", "no such overload: ...", the parse error."""
+    if isinstance(error, celpy.CELParseError):
+        return " ".join(str(error).split())
+    args = getattr(error, "args", ())
+    message = str(args[0]) if args else type(error).__name__
+    details = args[2] if len(args) > 2 and isinstance(args[2], tuple) else ()
+    shown = [repr(str(d)) if isinstance(d, celtypes.StringType) else str(d) for d in details]
+    return ": ".join([message, ", ".join(shown)]) if shown else message
+
+
+def _cel_field(message, field):
+    """One proto field as cel-go presents it: maps as maps, repeated as lists, unset messages as their defaults."""
+    value = getattr(message, field.name)
+    if field.type == field.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        return celtypes.MapType({_cel_scalar(k): _cel_single(value_field, v) for k, v in value.items()})
+    if field.label == field.LABEL_REPEATED:
+        return celtypes.ListType([_cel_single(field, v) for v in value])
+    return _cel_single(field, value)
+
+
+def _cel_single(field, value):
+    if field.type == field.TYPE_MESSAGE:
+        return _cel_message(value)
+    if field.type == field.TYPE_ENUM:
+        return celtypes.IntType(value)
+    return _cel_scalar(value)
+
+
+def _cel_message(message):
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Struct":
+        return celtypes.MapType({celtypes.StringType(k): _cel_json(v) for k, v in message.fields.items()})
+    if kind == "google.protobuf.ListValue":
+        return celtypes.ListType([_cel_json(v) for v in message.values])
+    if kind == "google.protobuf.Value":
+        return _cel_json(message)
+    return celtypes.MapType({celtypes.StringType(f.name): _cel_field(message, f) for f in message.DESCRIPTOR.fields})
+
+
+def _cel_json(value):
+    """A google.protobuf.Value: JSON numbers are doubles in CEL (so `metadata['changed'] == 1.0`, never `== 1`)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return celtypes.DoubleType(value.number_value)
+    if kind == "string_value":
+        return celtypes.StringType(value.string_value)
+    if kind == "bool_value":
+        return celtypes.BoolType(value.bool_value)
+    if kind == "struct_value":
+        return _cel_message(value.struct_value)
+    if kind == "list_value":
+        return _cel_message(value.list_value)
+    return None  # null_value (CEL null)
+
+
+def _cel_scalar(value):
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        return celtypes.IntType(value)
+    if isinstance(value, float):
+        return celtypes.DoubleType(value)
+    if isinstance(value, bytes):
+        return celtypes.BytesType(value)
+    return celtypes.StringType(value)
+
+
 # --- the execution -------------------------------------------------------------------------------------------------
 
 
@@ -239,6 +357,7 @@ def execute(
       max_parallel: tasks running at once (KFP starts every ready task; a small machine cannot).
     Raises:
       TaskFailed: a task exited non-zero (the run stops there, as KFP's does).
+      ConditionError: a task's trigger condition cannot be evaluated (the run stops there, as KFP's does).
       HarnessError: the package asks for something KFP would refuse or this harness cannot emulate.
     """
     spec, platform = read_package(package_path)
@@ -255,11 +374,18 @@ def execute(
     upstream = _upstream(spec)
     done: Dict[str, TaskRun] = {}
 
+    def skip(name: str, note: str, executor_input: Optional[Dict[str, Any]] = None) -> None:
+        done[name] = TaskRun(name, "skipped", 0.0, executor_input or {}, {}, {}, [], "", note)
+
     def prepare(name: str):
-        """The driver's part: the executor input, and a cache hit when KFP would find one."""
+        """The driver's part: the executor input, the trigger condition, and a cache hit when KFP would find one.
+        Returns None when the task is settled without a pod (skipped or cached)."""
         task = spec.root.dag.tasks[name]
-        if task.HasField("trigger_policy") and task.trigger_policy.condition:
-            raise HarnessError(f"task {name} has a trigger condition; this harness does not evaluate conditions")
+        skipped_upstream = sorted(u for u in upstream[name] if done[u].state == "skipped")
+        if skipped_upstream:
+            # Argo's `depends: <task>.Succeeded` is false for a skipped task: the driver never runs.
+            skip(name, f"depends on skipped task(s) {', '.join(skipped_upstream)}")
+            return None
         component = spec.components[task.component_ref.name]
         executor = executors.get(component.executor_label, {})
         if set(executor) != {"container"}:
@@ -269,6 +395,10 @@ def execute(
         mounts = k8s.get(component.executor_label, {}).get("pvcMount", [])
         pod_dir = os.path.join(pods_root, name)
         executor_input = _executor_input(spec, name, component, parameters, done, run_root, pod_dir)
+        condition = task.trigger_policy.condition
+        if condition and not evaluate_condition(name, condition, executor_input):
+            skip(name, f"condition false: {condition}", {"inputs": executor_input.get("inputs", {})})
+            return None
         fingerprint = cache_fingerprint(executor_input, executor["container"], [m.get("constant", "") for m in mounts])
         if task.caching_options.enable_cache and fingerprint in cache:
             hit = cache[fingerprint]
@@ -286,25 +416,31 @@ def execute(
             name, "executed", time.time() - started, executor_input, outputs, output_parameters, argv, log_path
         )
 
-    # Like KFP, every task whose upstream tasks succeeded starts (up to `max_parallel` at once); the first failure
-    # lets the running ones finish and stops the run.
+    # Like KFP, every task whose upstream tasks finished starts (up to `max_parallel` at once); the first failure
+    # (a pod's, or a driver's: a condition that cannot be evaluated) lets the running ones finish and stops the run.
     running: Dict[Any, tuple] = {}
     failure: Optional[BaseException] = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel) as pool:
         while len(done) < len(order) and failure is None:
-            started_any = cached_any = False
+            started_any = settled_any = False
             for name in order:
                 busy = {n for n, _ in running.values()}
                 if name in done or name in busy or not upstream[name] <= set(done) or len(running) >= max_parallel:
                     continue
-                prepared = prepare(name)
+                try:
+                    prepared = prepare(name)
+                except HarnessError as exc:
+                    failure = exc
+                    break
                 started_any = True
-                cached_any = cached_any or prepared is None
+                settled_any = settled_any or prepared is None
                 if prepared is not None:
                     component, container, executor_input, pod_dir, fingerprint = prepared
                     future = pool.submit(launch, name, component, container, executor_input, pod_dir)
                     running[future] = (name, fingerprint)
-            if cached_any or not running:
+            if failure is not None:
+                break
+            if settled_any or not running:
                 if not started_any:
                     raise HarnessError(f"no task can start; waiting: {sorted(set(order) - set(done))}")
                 continue

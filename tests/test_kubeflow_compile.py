@@ -8,6 +8,7 @@ the pipeline is checked without editing this file.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from pipeline import kubeflow_v2_runner as runner
 from pipeline.configs import KUBEFLOW_BEAM_ARGS, ConfigError, PipelineConfig
+from serving import sidecars
 
 IMAGE = "registry.example/ftune:1.2.3"
 PIPELINE_ROOT = "gs://ftune-test/root"
@@ -85,9 +87,11 @@ def test_every_node_is_a_task_with_its_dependencies(spec, dsl_pipeline):
         assert sorted(task.dependent_tasks) == sorted(n.id for n in node.upstream_nodes), node.id
     # The spine, spelled out.
     deps = {name: set(task.dependent_tasks) for name, task in spec.root.dag.tasks.items()}
-    assert deps["ImageExampleGen"] == set()
-    assert deps["StatisticsGen"] == {"ImageExampleGen"}
-    assert deps["SchemaGen"] == {"StatisticsGen"}
+    # The change check heads the DAG; everything else runs under its decision (each guarded task depends on it).
+    assert deps["ChangeCheck"] == set()
+    assert deps["ImageExampleGen"] == {"ChangeCheck"}
+    assert deps["StatisticsGen"] == {"ImageExampleGen", "ChangeCheck"}
+    assert deps["SchemaGen"] == {"StatisticsGen", "ChangeCheck"}
     assert {"ImageExampleGen", "SchemaGen"} <= deps["Transform"]
     assert "Transform" in deps["Trainer"]
     assert "Trainer" in deps["Evaluator"]
@@ -123,7 +127,7 @@ def test_trainer_alone_has_accelerator_and_resources(spec):
     config = make_config().kubeflow
     for task in spec.root.dag.tasks:
         resources = container(spec, task).get("resources")
-        if task == runner.TRAINER_NODE_ID:
+        if task == sidecars.TRAINER:
             assert resources["accelerator"] == {"type": config.gpu_type, "count": str(config.gpu_count)}
             assert resources["cpuLimit"] == config.trainer_cpu
             assert resources["memoryLimit"] == pytest.approx(16 * 2**30 / 1e9)  # 16Gi in decimal GB
@@ -133,7 +137,7 @@ def test_trainer_alone_has_accelerator_and_resources(spec):
 
 def test_trainer_alone_goes_to_the_gpu_pool(spec, k8s):
     config = make_config().kubeflow
-    trainer_label = runner.executor_label(spec, runner.TRAINER_NODE_ID)
+    trainer_label = runner.executor_label(spec, sidecars.TRAINER)
     for label, body in k8s.items():
         parsed = json_format.ParseDict(body, k8s_pb2.KubernetesExecutorConfig(), ignore_unknown_fields=True)
         if label == trainer_label:
@@ -148,8 +152,11 @@ def test_trainer_alone_goes_to_the_gpu_pool(spec, k8s):
 def test_serving_volume_is_mounted_where_models_are_read_or_written_only(spec, k8s):
     config = make_config()
     volume_users = {
-        runner.executor_label(spec, t) for t in ("Pusher", "ServedModelBaseline") if t in spec.root.dag.tasks
+        runner.executor_label(spec, t)
+        for t in ("Pusher", "ServedModelBaseline", "ChangeCheck")
+        if t in spec.root.dag.tasks
     }
+    assert runner.executor_label(spec, "ChangeCheck") in volume_users
     assert runner.executor_label(spec, "Pusher") in volume_users
     for task in spec.root.dag.tasks:
         label = runner.executor_label(spec, task)
@@ -174,7 +181,7 @@ def test_remote_push_destination_needs_no_volume(tmp_path):
     spec, platform = compile_to(tmp_path / "remote.yaml", config)
     k8s = runner.kubernetes_executor_configs(platform)
     assert all("pvcMount" not in body for body in k8s.values())
-    assert "nodeSelector" in k8s[runner.executor_label(spec, runner.TRAINER_NODE_ID)]
+    assert "nodeSelector" in k8s[runner.executor_label(spec, sidecars.TRAINER)]
 
 
 def test_json_package_when_no_kubernetes_settings_are_needed(tmp_path):
@@ -184,7 +191,7 @@ def test_json_package_when_no_kubernetes_settings_are_needed(tmp_path):
     runner.compile_pipeline(config, str(path), image=IMAGE, pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT)
     with open(path) as f:
         spec = json_format.Parse(f.read(), pipeline_spec_pb2.PipelineSpec())
-    assert "accelerator" not in container(spec, runner.TRAINER_NODE_ID).get("resources", {})
+    assert "accelerator" not in container(spec, sidecars.TRAINER).get("resources", {})
     with pytest.raises(ConfigError, match="need a .yaml package"):
         runner.compile_pipeline(
             make_config(), str(tmp_path / "gpu.json"), image=IMAGE, pipeline_root=PIPELINE_ROOT, data_root=DATA_ROOT
@@ -203,12 +210,6 @@ def test_data_root_is_a_run_parameter_with_a_default(spec):
 
 
 def test_per_run_knobs_are_run_parameters(spec):
-    import inspect
-
-    from pipeline.pipeline import create_pipeline
-
-    if "runtime_parameters" not in inspect.signature(create_pipeline).parameters:
-        pytest.skip("create_pipeline has no runtime_parameters hook yet: only data_root is a run parameter")
     config = make_config()
     expected_types = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE"}
     parameters = json_format.MessageToDict(spec.root.input_definitions)["parameters"]
@@ -218,6 +219,37 @@ def test_per_run_knobs_are_run_parameters(spec):
         assert parameters[name]["parameterType"] == expected_types[ptype], name
         assert parameters[name]["defaultValue"] == (default if ptype is str else pytest.approx(default)), name
         assert name in used, f"run parameter {name} is declared but no task reads it"
+    # `force` (no setting): 0 by default, read by the change check only.
+    assert parameters["force"]["parameterType"] == "NUMBER_INTEGER" and parameters["force"]["defaultValue"] == 0
+    readers = [
+        name
+        for name, task in spec.root.dag.tasks.items()
+        if any(p.component_input_parameter == "force" for p in task.inputs.parameters.values())
+    ]
+    assert readers == ["ChangeCheck"]
+
+
+def test_every_task_after_the_change_check_carries_its_condition(package):
+    """The compiled YAML (what KFP's driver reads) guards every task from ImageExampleGen to the Pusher with a CEL
+    condition over the change check's decision; the check itself runs unconditionally."""
+    import yaml
+
+    with open(package[0]) as f:
+        pipeline_spec = next(yaml.safe_load_all(f))
+    tasks = pipeline_spec["root"]["dag"]["tasks"]
+    assert "triggerPolicy" not in tasks["ChangeCheck"]
+    guarded = set(tasks) - {"ChangeCheck"}
+    assert CORE_NODES <= guarded
+    for name in guarded:
+        condition = tasks[name]["triggerPolicy"]["condition"]
+        found = re.fullmatch(
+            r"\(inputs\.artifacts\['([^']+)'\]\.artifacts\[0\]\.metadata\['changed'\] == 1\.0\)", condition
+        )
+        assert found, (name, condition)
+        # The input it reads is the change check's decision (the Pusher names it change_decision, the others
+        # get TFX's implicit `_ChangeCheck.decision`).
+        source = tasks[name]["inputs"]["artifacts"][found.group(1)]["taskOutputArtifact"]
+        assert source == {"producerTask": "ChangeCheck", "outputArtifactKey": "decision"}, name
 
 
 def test_image_command_and_executor_paths(spec):
@@ -251,9 +283,9 @@ def test_beam_args_default_and_pass_through(spec, tmp_path):
 
 
 def test_caching_off_for_components_reading_outside_folders(spec):
+    sources = {"ChangeCheck", "ImageExampleGen", "ServedModelBaseline"}
     for name, task in spec.root.dag.tasks.items():
-        assert task.caching_options.enable_cache == bool(task.inputs.artifacts), name
-    assert not spec.root.dag.tasks["ImageExampleGen"].caching_options.enable_cache
+        assert task.caching_options.enable_cache == (name not in sources), name
     assert spec.default_pipeline_root == PIPELINE_ROOT
 
 
