@@ -7,6 +7,7 @@ writes) take the same decision with the same code. The decision's custom propert
     changed          int 1 (train) or 0 (nothing to do; every later task is skipped)
     reason           str: "no new data; version 3 stays served", "new data: span-4", "forced", ...
     served_version   int: the version TF Serving serves now, -1 for none
+    refused          int 1 when nothing is to do because the gate refused these very data and settings before
     fingerprint      str: serving/model_record.files_fingerprint of the selected spans' input files
     settings         str: JSON of the training settings compared (training_settings), for the refusal record
 
@@ -94,6 +95,7 @@ DECISION_KEY = "decision"
 CHANGED_PROPERTY = "changed"
 REASON_PROPERTY = "reason"
 SERVED_VERSION_PROPERTY = "served_version"
+REFUSED_PROPERTY = "refused"
 FINGERPRINT_PROPERTY = "fingerprint"
 SETTINGS_PROPERTY = "settings"
 
@@ -107,6 +109,7 @@ class Decision:
     served_version: int
     fingerprint: str
     settings: Dict[str, Any]  # training_settings form: {dotted key: value}
+    refused: bool = False  # unchanged because the gate refused these data and settings before
 
 
 # --- the settings compared ------------------------------------------------------------------------------------------
@@ -231,7 +234,7 @@ def decide(
     if has_record and recorded_fingerprint == fingerprint and not keys:
         return result(False, f"no new data; {_stays_served(served_version)}")
     if _refusal_matches(refused, fingerprint, settings, served_version):
-        return result(False, _refusal_reason(refused or {}, served_version))
+        return dataclasses.replace(result(False, _refusal_reason(refused or {}, served_version)), refused=True)
     if served_version == NO_SERVED_VERSION:
         return result(True, "nothing served yet")
     if not has_record:
@@ -263,6 +266,7 @@ def write_decision(artifact: types.Artifact, decision: Decision) -> None:
     artifact.set_int_custom_property(CHANGED_PROPERTY, int(decision.changed))
     artifact.set_string_custom_property(REASON_PROPERTY, decision.reason)
     artifact.set_int_custom_property(SERVED_VERSION_PROPERTY, decision.served_version)
+    artifact.set_int_custom_property(REFUSED_PROPERTY, int(decision.refused))
     artifact.set_string_custom_property(FINGERPRINT_PROPERTY, decision.fingerprint)
     artifact.set_string_custom_property(SETTINGS_PROPERTY, json.dumps(decision.settings, sort_keys=True))
 
@@ -275,6 +279,7 @@ def read_decision(artifact: types.Artifact) -> Decision:
         served_version=artifact.get_int_custom_property(SERVED_VERSION_PROPERTY),
         fingerprint=artifact.get_string_custom_property(FINGERPRINT_PROPERTY),
         settings=json.loads(artifact.get_string_custom_property(SETTINGS_PROPERTY) or "{}"),
+        refused=bool(artifact.get_int_custom_property(REFUSED_PROPERTY)),
     )
 
 

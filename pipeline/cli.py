@@ -216,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
     from pipeline.local_runner import StdoutToStderr, enable_progress_logging, run_local, say
-    from pipeline.reporting.run_records import component_timings
+    from pipeline.reporting.run_records import change_decision, component_timings, load_run
 
     config = _load(args)
     enable_progress_logging(verbose=args.verbose)
@@ -226,13 +226,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         from pipeline.reporting.summary import run_summary, run_summary_data
 
         result = run_local(config, stop_after="push", force=args.force)
-        if result.get("skipped"):
-            # The served version's record names these very files and settings: nothing to do.
-            say(result["message"])
+        decision = change_decision(load_run(config))
+        if decision and not decision["changed"]:
+            # The change check found the served version's record (or the last refused attempt) naming these very
+            # files and settings: everything after it was skipped.
+            say(decision["reason"])
+            status = outcome.STILL_REFUSED if decision["refused"] else outcome.NO_NEW_DATA
             data = {
-                "outcome": outcome.outcome(outcome.NO_NEW_DATA, result["served_version"]),
-                "message": result["message"],
+                "outcome": outcome.outcome(status, decision["served_version"]),
+                "message": decision["reason"],
                 "spans": result.get("spans"),
+                "wall_s": round(result["wall_s"], 1),
             }
         else:
             timings = component_timings(config)

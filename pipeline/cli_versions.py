@@ -3,6 +3,10 @@
 Both read the records with Python's own file functions and copy a local version without TFX (serving/sidecars.py,
 serving/model_versions.py), so neither loads TensorFlow for a local serving folder. Errors are CommandErrors with
 the exit code of pipeline/outcome.py: no serving folder or a record that is not JSON (3), a wrong --to (2).
+
+`versions` also shows the last attempt the gate refused (`refused_attempt.json` beside the versions, written by the
+Pusher; keys: components/change_check.py): while the version it was compared with is still the served one, the
+change check does not retrain the same data and settings, so an operator needs to see why nothing trains.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from serving import sidecars
 
 
 def list_versions(config: PipelineConfig, as_json: bool) -> int:
-    from serving.model_versions import served_versions
+    from serving.model_versions import NO_SERVED_VERSION, served_versions
 
     base = serving_folder(config)
     versions = served_versions(base)
+    served_now = versions[-1] if versions else NO_SERVED_VERSION
+    refused = last_refused(base)
     listed = [
         {
             "version": v,
@@ -32,12 +38,18 @@ def list_versions(config: PipelineConfig, as_json: bool) -> int:
         for v in versions
     ]
     if as_json:
-        print(json.dumps({"serving_model_dir": base, "versions": listed}, indent=2))
+        data = {
+            "serving_model_dir": base,
+            "versions": listed,
+            "last_refused": refused,
+            "last_refused_applies": refusal_applies(refused, served_now),
+        }
+        print(json.dumps(data, indent=2))
         return outcome.EXIT_OK
-    if not listed:
-        print(f"[ftune] no versions under {base}")
-        return outcome.EXIT_OK
-    print(versions_table(listed))
+    print(versions_table(listed) if listed else f"[ftune] no versions under {base}")
+    # A refusal that no longer applies (a push or a rollback since) is history: --json still has it.
+    if refusal_applies(refused, served_now):
+        print(refusal_lines(refused))
     return outcome.EXIT_OK
 
 
@@ -72,6 +84,45 @@ def versions_table(listed: List[dict]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def last_refused(serving_model_dir: str) -> Optional[Dict[str, Any]]:
+    """The last refused attempt (None when the gate never refused one); an error naming the file when it is not a
+    JSON object."""
+    path = sidecars.refused_attempt_path(serving_model_dir)
+    try:
+        attempt = sidecars.read_refused_attempt(serving_model_dir)
+    except ValueError as exc:  # json.JSONDecodeError
+        raise _bad_refusal(path, f"not JSON: {exc}") from exc
+    if attempt is not None and not isinstance(attempt, dict):
+        raise _bad_refusal(path, f"JSON {type(attempt).__name__}, not an object")
+    return attempt
+
+
+def refusal_applies(attempt: Optional[Dict[str, Any]], served_now: int) -> bool:
+    """Whether the change check still holds the refusal against these data: only while the version it was compared
+    with is the one served now (the same rule as components/change_check.py, which this module cannot import
+    without loading TFX)."""
+    from serving.model_versions import NO_SERVED_VERSION
+
+    return attempt is not None and attempt.get("served_version", NO_SERVED_VERSION) == served_now
+
+
+def refusal_lines(attempt: Dict[str, Any]) -> str:
+    """`last refused: <time> (run <id>) against version N: <first failed check> (and K more)`, and what follows."""
+    from serving.model_versions import NO_SERVED_VERSION
+
+    served = attempt.get("served_version", NO_SERVED_VERSION)
+    against = "nothing served" if served == NO_SERVED_VERSION else f"version {served}"
+    run = f" (run {attempt['pipeline_run']})" if attempt.get("pipeline_run") else ""
+    checks = [str(check) for check in attempt.get("failed_checks") or []] or ["the gate refused the model"]
+    more = f" (and {len(checks) - 1} more)" if len(checks) > 1 else ""
+    stays = "nothing is served" if served == NO_SERVED_VERSION else f"version {served} stays served"
+    return (
+        f"last refused: {attempt.get('time') or 'time unknown'}{run} against {against}: {checks[0]}{more}\n"
+        f"  the same data and settings are not trained again while {stays}; `ftune run --force` (on Kubeflow the "
+        "run parameter force=1) trains anyway"
+    )
 
 
 def roll_back(config: PipelineConfig, to: Optional[int]) -> int:
@@ -127,6 +178,14 @@ def version_record(version_dir: str) -> Optional[Dict[str, Any]]:
     if record is not None and not isinstance(record, dict):
         raise _bad_record(path, f"JSON {type(record).__name__}, not an object")
     return record
+
+
+def _bad_refusal(path: str, what: str) -> CommandError:
+    return CommandError(
+        f"the refused-attempt record {path} is unreadable ({what}): delete the file (the next run then trains the "
+        "data the gate refused once more)",
+        outcome.EXIT_UNUSABLE_INPUT,
+    )
 
 
 def _bad_record(path: str, what: str) -> CommandError:

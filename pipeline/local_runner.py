@@ -15,7 +15,7 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
 from serving import sidecars
@@ -84,7 +84,8 @@ class _ProgressFilter(logging.Filter):
     progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden.
 
     TFX's "Component X is running." / "is finished." become "X started" / "X finished in N s" (with "(cached)"
-    when TFX reused an earlier execution's outputs instead of running it)."""
+    when TFX reused an earlier execution's outputs instead of running it); a node the change check's Cond skips
+    ends on "X skipped (nothing to do)" instead."""
 
     PREFIXES = (
         "Component ",
@@ -94,16 +95,19 @@ class _ProgressFilter(logging.Filter):
         "Evaluator:",
         "Pusher:",
         f"{sidecars.SERVED_MODEL_BASELINE}:",
+        f"{sidecars.CHANGE_CHECK}:",
         "Fine-tune",
         "Phase",
     )
 
     _RUNNING = re.compile(r"^Component (\S+) is running\.$")
     _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
+    _SKIPPED = re.compile(r"^Skipping execution for (\S+)$")
 
     def __init__(self):
         super().__init__()
         self._started: Dict[str, float] = {}
+        self._skipped: set = set()
         self._cached = False
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -114,6 +118,13 @@ class _ProgressFilter(logging.Filter):
             self._cached = True
             return False
         running, finished = self._RUNNING.match(message), self._FINISHED.match(message)
+        skipped = self._SKIPPED.match(message)
+        if skipped:
+            self._skipped.add(skipped.group(1))
+            self._rewrite(record, f"{skipped.group(1)} skipped (nothing to do)")
+            return True
+        if finished and finished.group(1) in self._skipped:
+            return False
         if running:
             self._started[running.group(1)] = time.time()
             self._cached = False
@@ -346,85 +357,58 @@ def pipeline_lock(pipeline_root: str):
         os.close(fd)
 
 
-def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(value, dict):
-        flat: Dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): value}
-
-
-def _with_resolved_weights(config: PipelineConfig) -> PipelineConfig:
-    """A copy of config with trainer.weights as preflight_weights will set it (without building the base)."""
-    import copy
-
+def resolve_config_weights(config: PipelineConfig) -> None:
+    """trainer.weights as the Trainer will load it (--weights/config, then FTUNE_WEIGHTS, then "imagenet"),
+    written into the config: the change check compares it with the served record, which holds the resolved value.
+    Cheap (no model is built); a missing weights file stops the run here, before any data is touched."""
     from trainer.weights import resolve_weights
 
-    resolved = copy.deepcopy(config)
     weights = resolve_weights(config.trainer.weights)
     if weights is not None:
-        resolved.trainer.weights = weights
-    return resolved
+        config.trainer.weights = weights
 
 
-def unchanged_since_served(
-    config: PipelineConfig, data_root: str, split_mode: str, spans: Sequence[str]
-) -> Dict[str, Any]:
-    """Compares this run's selected input files and settings with the served version's own record
-    (serving/model_record.py), not with MLMD: a fresh pipeline root or another machine sees the same answer.
+def change_key(config: PipelineConfig, data_root: str, split_mode: str, spans: Sequence[str]) -> str:
+    """What the change check's decision depends on, as seen now: the served versions, the selected input files'
+    fingerprint and the refused attempt. MLMD reuses the last decision (and the cached components after it, e.g.
+    after a crash) only while all three are unchanged."""
+    import hashlib
 
-    Returns {"unchanged": bool, "version": served version or None, "reason": why training is (not) needed}."""
     from components.image_listing import input_fingerprint, make_input_config
-    from serving.model_versions import latest_served
+    from serving.model_versions import serving_state
 
-    version, path = latest_served(config.serving_model_dir)
-    if path is None:
-        return {"unchanged": False, "version": None, "reason": "nothing is served yet"}
-    record = sidecars.read_model_record(path) or {}
-    recorded_fingerprint = (record.get("data") or {}).get("fingerprint")
-    if not recorded_fingerprint or record.get("settings") is None:
-        return {"unchanged": False, "version": version, "reason": f"served version {version} has no data record"}
     input_config = make_input_config(split_mode, config.data.train_dir, config.data.eval_dir)
-    if input_fingerprint(data_root, input_config, spans) != recorded_fingerprint:
-        return {"unchanged": False, "version": version, "reason": f"input files differ from version {version}'s"}
-    now = _flatten(json.loads(json.dumps(config.to_dict())))
-    then = _flatten(record["settings"])
-    changed = sorted(key for key in set(now) | set(then) if now.get(key) != then.get(key))
-    if changed:
-        detail = ", ".join(f"{k} ({then.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
-        return {"unchanged": False, "version": version, "reason": f"settings differ from version {version}'s: {detail}"}
-    return {"unchanged": True, "version": version, "reason": f"no new data; version {version} stays served"}
+    refused = sidecars.read_refused_attempt(config.serving_model_dir)
+    refused_digest = hashlib.sha256(json.dumps(refused, sort_keys=True).encode()).hexdigest()[:16] if refused else ""
+    return "\n".join(
+        (serving_state(config.serving_model_dir), input_fingerprint(data_root, input_config, spans), refused_digest)
+    )
 
 
 def run_local(
     config: PipelineConfig,
     stop_after: str = "push",
     progress: Callable[[str], None] = say,
-    force: Optional[bool] = None,
+    force: bool = False,
 ) -> Dict:
     """Runs the pipeline locally; returns {'data_root', 'split_mode', 'spans', 'wall_s'}.
 
-    For a full run (stop_after="push"), unless `force` is true, the run first compares the selected input files
-    and the settings with the served version's record; when both are the same nothing runs and the result is
-    {'skipped': True, 'served_version': N, 'message': ...}. `force` also turns MLMD's cache off, so every
-    component executes again."""
+    A full run (stop_after="push") starts with the change check (components/change_check.py), as on Kubeflow: when
+    the served version's record or the last refused attempt names the same input files and settings, every later
+    component is skipped (the CLI reads the decision from MLMD: reporting/run_records.change_decision). `force`
+    trains anyway and turns MLMD's cache off, so every component executes again."""
     config.validate().absolute_paths()
     with pipeline_lock(config.pipeline_root):
         return _run_local_locked(config, stop_after, progress, force)
 
 
-def _run_local_locked(
-    config: PipelineConfig, stop_after: str, progress: Callable[[str], None], force: Optional[bool]
-) -> Dict:
+def _run_local_locked(config: PipelineConfig, stop_after: str, progress: Callable[[str], None], force: bool) -> Dict:
     from tfx import v1 as tfx
 
     from components.image_listing import resolve_split_mode, select_spans
 
     if stop_after != "ingest":
-        from trainer.weights import resolve_weights
-
-        resolve_weights(config.trainer.weights)  # a missing weights file stops the run before any data is touched
+        resolve_config_weights(config)
     data_root = prepare_data_root(config, progress)
     spans = select_spans(data_root, config.data.spans)
     split_mode = resolve_split_mode(
@@ -433,19 +417,12 @@ def _run_local_locked(
     progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
     if spans:
         progress(f"spans: {', '.join(spans)} (data.spans={config.data.spans})")
-    if stop_after == "push" and force is not None:
-        if force:
-            progress("--force: training without comparing with the served version, MLMD cache off")
-        else:
-            # Before the weights preflight (which builds the base): a no-op run should end in seconds. The
-            # settings are compared with trainer.weights resolved, as the preflight writes it and the record holds.
-            check = unchanged_since_served(_with_resolved_weights(config), data_root, split_mode, spans)
-            if check["unchanged"]:
-                return {"skipped": True, "served_version": check["version"], "message": check["reason"], "spans": spans}
-            progress(f"training: {check['reason']}")
+    if force and stop_after == "push":
+        progress("--force: training without comparing with the served version, MLMD cache off")
     if stop_after != "ingest":
         preflight_weights(config, progress)
-    pipeline = local_pipeline(config, data_root, split_mode, stop_after, enable_cache=not force)
+    key = change_key(config, data_root, split_mode, spans) if stop_after == "push" else ""
+    pipeline = local_pipeline(config, data_root, split_mode, stop_after, enable_cache=not force, force=force, key=key)
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
     wall = time.time() - started
@@ -454,7 +431,13 @@ def _run_local_locked(
 
 
 def local_pipeline(
-    config: PipelineConfig, data_root: str, split_mode: str, stop_after: str = "push", enable_cache: bool = True
+    config: PipelineConfig,
+    data_root: str,
+    split_mode: str,
+    stop_after: str = "push",
+    enable_cache: bool = True,
+    force: bool = False,
+    key: str = "",
 ):
     """The pipeline `run_local` runs: MLMD in SQLite under the pipeline root, `beam_args(config)` for every
     Beam-based component, caching on unless `enable_cache` is False (`ftune run --force`)."""
@@ -472,4 +455,6 @@ def local_pipeline(
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
         beam_pipeline_args=beam_args(config),
         serving_state=serving_state(config.serving_model_dir),
+        force=force,
+        change_key=key,
     )

@@ -3,7 +3,8 @@
 A CronJob, a CI job or a script tells outcomes apart by the exit code alone:
 
     0  EXIT_OK               a model was pushed, or the blessed model is already the served one, or nothing
-                             changed since the served version (no new data: no training)
+                             changed since the served version (no new data: no training), or since the run the
+                             gate refused (the same data and settings are not retrained; `--force` does)
     1  EXIT_ERROR            anything unexpected (a bug, a crashed component): a traceback is printed
     2  EXIT_INVALID_SETTINGS a setting, flag or config file is wrong, e.g. a weights file that is not there, a
                              version that does not exist, a malformed package; the KFP API refused the credentials
@@ -49,6 +50,9 @@ class CommandError(Exception):
 PUSHED = "pushed"
 ALREADY_SERVED = "already_served"
 NO_NEW_DATA = "no_new_data"  # the served version's record names the same input files and settings: not trained
+# The gate refused these very input files and settings against the version served now: not trained again. Exit 0
+# like NO_NEW_DATA (this run attempted and failed nothing; the refusing run exited 4), its own name for scripts.
+STILL_REFUSED = "still_refused"
 GATE_REFUSED = "gate_refused"
 NOT_FINISHED = "not_finished"  # the Pusher did not run (the run stopped or failed before it)
 
@@ -56,6 +60,7 @@ EXIT_CODES: Dict[str, int] = {
     PUSHED: EXIT_OK,
     ALREADY_SERVED: EXIT_OK,
     NO_NEW_DATA: EXIT_OK,
+    STILL_REFUSED: EXIT_OK,
     GATE_REFUSED: EXIT_GATE_REFUSED,
     NOT_FINISHED: EXIT_ERROR,
 }

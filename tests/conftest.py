@@ -39,12 +39,15 @@ def ftune_run_command(root, settings: Iterable[str] = (), *extra: str) -> List[s
     return cmd + list(extra)
 
 
-def tree_digest(path) -> str:
-    """Hash of every file's relative path and bytes below path: equal digests mean a byte-identical tree."""
+def tree_digest(path, skip=()) -> str:
+    """Hash of every file's relative path and bytes below path: equal digests mean a byte-identical tree. Files
+    named in `skip` are left out (e.g. the refused-attempt record a refusal adds beside the served versions)."""
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in sorted(os.walk(path)):
         dirnames.sort()
         for name in sorted(filenames):
+            if name in skip:
+                continue
             full = os.path.join(dirpath, name)
             digest.update(os.path.relpath(full, path).encode())
             with open(full, "rb") as f:

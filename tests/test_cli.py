@@ -188,3 +188,78 @@ def test_record_and_kfp_commands_start_without_tensorflow(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0 and " tensorflow\n" not in result.stderr and " tfx\n" not in result.stderr
+
+
+REFUSED_CHECKS = [
+    "class 'square' recall 0.000 is below the floor 0.300",
+    "class 'square' recall 0.000 vs 1.000 on the served model (version 1): changed by -1.000, at most 0.100 drop "
+    "allowed",
+]
+
+
+def test_versions_shows_the_last_refusal_while_it_applies(tmp_path, capsys):
+    """`ftune versions` names the last refused attempt (refused_attempt.json beside the versions) while the version
+    it was compared with is served, without TensorFlow; a push since makes it history, kept in --json only."""
+    from serving import sidecars
+
+    base = tmp_path / "serving" / "image_classifier"
+    (base / "1").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"model 1")
+    sidecars.write_model_record(str(base / "1"), {"version": 1, "kind": "trained", "metrics": {"accuracy": 0.9}})
+    attempt = {
+        "fingerprint": "sha256:abc",
+        "settings": {"trainer.phase1_epochs": 2},
+        "served_version": 1,
+        "failed_checks": REFUSED_CHECKS,
+        "pipeline_run": "20261204-061000.123456",
+        "time": "2026-12-04T06:10:00+00:00",
+    }
+    sidecars.write_refused_attempt(str(base), attempt)
+    serving = ["--set", f"push.serving_dir={tmp_path / 'serving'}"]
+
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER, "versions", *serving],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "loaded: [] exit: 0" in result.stdout, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("1 ") and "TF Serving serves this" in lines[1]
+    assert lines[2] == (
+        "last refused: 2026-12-04T06:10:00+00:00 (run 20261204-061000.123456) against version 1: class 'square' "
+        "recall 0.000 is below the floor 0.300 (and 1 more)"
+    )
+    assert "version 1 stays served" in lines[3] and "--force" in lines[3] and "force=1" in lines[3]
+    assert cli.main(["versions", "--json", *serving]) == outcome.EXIT_OK
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["last_refused"] == attempt and listed["last_refused_applies"] is True
+
+    # Version 2 pushed since: the change check no longer holds the refusal, and the table ends with the versions.
+    (base / "2").mkdir()
+    (base / "2" / "saved_model.pb").write_bytes(b"model 2")
+    assert cli.main(["versions", *serving]) == outcome.EXIT_OK
+    out = capsys.readouterr().out
+    assert "last refused" not in out and out.strip().splitlines()[-1].startswith("2 ")
+    assert cli.main(["versions", "--json", *serving]) == outcome.EXIT_OK
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["last_refused"] == attempt and listed["last_refused_applies"] is False
+
+
+def test_versions_shows_a_refused_first_run_and_names_a_broken_refusal_file(tmp_path, capsys):
+    from serving import sidecars
+
+    base = tmp_path / "serving" / "image_classifier"
+    attempt = {"served_version": -1, "failed_checks": REFUSED_CHECKS[:1], "pipeline_run": None, "time": "t0"}
+    sidecars.write_refused_attempt(str(base), attempt)
+    serving = ["--set", f"push.serving_dir={tmp_path / 'serving'}"]
+    assert cli.main(["versions", *serving]) == outcome.EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"[ftune] no versions under {base}"
+    assert lines[1] == f"last refused: t0 against nothing served: {REFUSED_CHECKS[0]}"
+    assert "while nothing is served" in lines[2]
+    (base / sidecars.REFUSED_ATTEMPT_FILE).write_text("{not json")
+    assert cli.main(["versions", *serving]) == outcome.EXIT_UNUSABLE_INPUT
+    err = capsys.readouterr().err
+    assert sidecars.REFUSED_ATTEMPT_FILE in err and "not JSON" in err and "delete the file" in err

@@ -3,7 +3,8 @@
 1. a first run pushes version 1 with its record (exit 0);
 2. a run whose training images of one class ("square") were relabelled into another is refused by the per-class
    gate although overall accuracy passes: exit EXIT_GATE_REFUSED, the summary names the class with both numbers,
-   the serving folder is byte-identical;
+   every served version is byte-identical and the refused attempt is recorded beside them; the same command
+   again does not train (the change check remembers the refusal) and `ftune versions` shows it;
 3. a run on data with an extra class is compared on floors only (the served model has other labels), says so,
    and pushes version 2;
 4. `ftune rollback --to 1` publishes version 3 holding version 1's model with a record saying so; `ftune versions
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path, tree_digest
@@ -56,8 +58,9 @@ def ftune(*args, timeout=600):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def ftune_run(root, data_root, *overrides):
+def ftune_run(root, data_root, *overrides, flags=()):
     args = ["run", "--pipeline-root", str(root), "--data-root", str(data_root), "--weights", pretrained_weights_path()]
+    args += list(flags)
     for item in COMMON + list(overrides):
         args += ["--set", item]
     return ftune(*args)
@@ -137,7 +140,7 @@ def relabelled_run(first_run, root, config):
 def test_relabelled_class_is_refused_by_name_and_nothing_changes(relabelled_run, config):
     before, result = relabelled_run
     assert result.returncode == outcome.EXIT_GATE_REFUSED, explain(result)
-    assert tree_digest(config.serving_dir) == before and served(config) == [1]
+    assert tree_digest(config.serving_dir, skip={sidecars.REFUSED_ATTEMPT_FILE}) == before and served(config) == [1]
     gate_line = next(line for line in result.stdout.splitlines() if "gate: NOT BLESSED" in line)
     from pipeline.reporting.run_records import latest_artifact_uri
 
@@ -154,10 +157,40 @@ def test_relabelled_class_is_refused_by_name_and_nothing_changes(relabelled_run,
         if failure["kind"] == "change":
             assert f"vs {failure['baseline']:.3f} on the served model (version 1)" in failure["text"]
     assert "outcome: gate_refused (exit code 4)" in result.stdout
+    # The refusal is remembered beside the versions, with the checks that failed, for the next run's change check.
+    refused = sidecars.read_refused_attempt(config.serving_model_dir)
+    assert refused["served_version"] == 1 and refused["failed_checks"] == [f["text"] for f in gate["failures"]]
 
 
 @pytest.fixture(scope="module")
-def extra_class_run(relabelled_run, root, config):
+def refused_again(relabelled_run, root, config):
+    """The same relabelled data, the same command: what a weekly schedule does until someone fixes the data."""
+    before = tree_digest(config.serving_dir)
+    started = time.time()
+    result = ftune_run(config.pipeline_root, root / "relabelled", flags=["--json"])
+    return before, result, time.time() - started
+
+
+def test_a_refused_batch_is_not_retrained(refused_again, config):
+    before, result, seconds = refused_again
+    assert result.returncode == outcome.EXIT_OK, explain(result)
+    data = json.loads(result.stdout)
+    assert data["outcome"] == {"status": outcome.STILL_REFUSED, "exit_code": 0, "version": 1}
+    refused = sidecars.read_refused_attempt(config.serving_model_dir)
+    assert data["message"] == (
+        f"no new data since the refused run of {refused['time']}: {refused['failed_checks'][0]}"
+        + (f" (and {len(refused['failed_checks']) - 1} more)" if len(refused["failed_checks"]) > 1 else "")
+        + "; version 1 stays served"
+    )
+    assert "Trainer started" not in result.stderr and tree_digest(config.serving_dir) == before
+    assert seconds < 30, f"the no-op run took {seconds:.1f} s"
+    # `ftune versions` shows the last refusal.
+    versions = ftune("versions", "--pipeline-root", str(config.pipeline_root))
+    assert versions.returncode == 0 and "last refused" in versions.stdout and RELABELLED in versions.stdout
+
+
+@pytest.fixture(scope="module")
+def extra_class_run(refused_again, root, config):
     data = presplit_data(root / "data4", classes=4)
     return ftune_run(config.pipeline_root, data)
 

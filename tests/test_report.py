@@ -575,3 +575,62 @@ def test_collect_reads_every_part_through_the_sidecars(tmp_path, monkeypatch):
         lines[-1]
         == f"tflite (int8): 2 KB, accuracy 0.800 vs SavedModel 0.800; accepted, pushed {served}/1/model.tflite"
     )
+
+
+REFUSED_ATTEMPT = {
+    "fingerprint": "sha256:abc",
+    "settings": {},
+    "served_version": 1,
+    "failed_checks": ["class 'cat <b>' recall 0.000 is below the floor 0.300", "overall accuracy 0.400 < 0.600"],
+    "pipeline_run": "run-7",
+    "time": "2026-12-04T06:10:00+00:00",
+}
+
+
+def test_page_shows_the_change_check_and_the_last_refusal():
+    decision = {"changed": True, "refused": False, "reason": "new data: span-2", "served_version": 1}
+    page_text = page.render_html(
+        _data(change_check=decision, last_refused=REFUSED_ATTEMPT, last_refused_applies=False), {}
+    )
+    section = page_text.split("<h2>Change check</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "Trained: new data: span-2." in section
+    assert "Last refused: 2026-12-04T06:10:00+00:00 (run run-7) against version 1" in section
+    assert "no longer applies: another version is served now" in section
+    assert "<li>class &#39;cat &lt;b&gt;&#39; recall 0.000 is below the floor 0.300</li>" in section
+    # A refusal the change check still holds: the page says how to train anyway.
+    page_text = page.render_html(_data(last_refused=REFUSED_ATTEMPT, last_refused_applies=True), {})
+    assert "not trained again while that stays served" in page_text and "force=1" in page_text
+    # Neither a decision (ftune ingest) nor a refusal on file.
+    section = page.render_html(_data(), {}).split("<h2>Change check</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "no change check" in section and "Last refused" not in section
+
+
+def test_a_run_the_change_check_stopped_reports_why_everything_was_skipped(tmp_path, monkeypatch):
+    """A run with nothing new: only ChangeCheck ran (its decision in MLMD); the report says every other part was
+    skipped for the check's reason, and the run ended as `ftune run` says: still_refused, exit 0."""
+    config = PipelineConfig(pipeline_root=str(tmp_path))
+    version = os.path.join(config.serving_model_dir, "1")
+    os.makedirs(version)
+    open(os.path.join(version, "saved_model.pb"), "wb").close()
+    sidecars.write_refused_attempt(config.serving_model_dir, REFUSED_ATTEMPT)
+    reason = "no new data since the refused run of 2026-12-04T06:10:00+00:00: ...; version 1 stays served"
+    decision = _artifact(tmp_path / "decision", changed=0, refused=1, reason=reason, served_version=1)
+    view = run_records.RunView(
+        run_id="r2", states={sidecars.CHANGE_CHECK: "complete"}, outputs={(sidecars.CHANGE_CHECK, "decision"): decision}
+    )
+    monkeypatch.setattr(collect, "load_run", lambda c: view)
+    data = collect.collect(config, with_predictions=True, keep_images=False).data
+    json.dumps(data)
+    assert data["change_check"] == {"changed": False, "refused": True, "reason": reason, "served_version": 1}
+    assert data["last_refused"] == REFUSED_ATTEMPT and data["last_refused_applies"] is True
+    assert data["components"][sidecars.CHANGE_CHECK] == "complete"
+    assert {state for node, state in data["components"].items() if node != sidecars.CHANGE_CHECK} == {"skipped"}
+    assert set(data["missing"]) == {"ingestion", "training", "predictions", "gate"}
+    assert all(
+        why == f"skipped: the change check found nothing to train ({reason})" for why in data["missing"].values()
+    )
+    assert data["outcome"] == {"status": "still_refused", "exit_code": 0, "version": 1}
+    page_text = page.render_html(data, {})
+    assert "Nothing to train (every later component skipped): no new data since the refused run" in page_text
+    assert "not trained again while that stays served" in page_text
+    assert report.summary_lines(data)[-1] == "outcome: still_refused (exit code 0)"

@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
 
+from components import change_check as cc
 from pipeline.configs import PipelineConfig, load_config
-from pipeline.local_runner import unchanged_since_served
-from pipeline.reporting.run_records import latest_artifact_uri
+from pipeline.reporting.run_records import change_decision, component_timings, latest_artifact_uri, load_run
 from pipeline.sample_data import generate_sample_data
 from serving import model_versions, sidecars
 
@@ -114,12 +114,32 @@ def test_same_command_again_does_not_train(first, root, data, config):
     assert "Component Trainer" not in again.stdout + again.stderr
     assert model_versions.served_versions(config.serving_model_dir) == [1]
     assert again.seconds < 30, f"the no-op run took {again.seconds:.1f} s"
-    # A changed setting is not "nothing changed", and the reason names it (checked without starting a run).
+    # Only the change check ran; its decision is in MLMD with the reason the console printed.
+    decision = change_decision(load_run(config))
+    assert decision == {
+        "changed": False,
+        "refused": False,
+        "reason": "no new data; version 1 stays served",
+        "served_version": 1,
+    }
+    timings = component_timings(config)
+    assert timings[sidecars.CHANGE_CHECK]["state"] in ("complete", "cached")
+    # A changed setting is not "nothing changed", and the reason names it (the check's own function, no run).
     overrides = [f"pipeline_root={root}", f"data.data_root={data}", f"trainer.weights={pretrained_weights_path()}"]
     changed = load_config(None, overrides + COMMON + ["trainer.learning_rate=0.002"]).absolute_paths()
-    check = unchanged_since_served(changed, str(data), "hash", ["span-1"])
-    assert not check["unchanged"]
-    assert "trainer.learning_rate (0.001 -> 0.002)" in check["reason"]
+    check = cc.check(
+        {
+            cc.DATA_ROOT_KEY: str(data),
+            cc.SPLIT_MODE_KEY: "auto",
+            cc.TRAIN_DIR_KEY: changed.data.train_dir,
+            cc.EVAL_DIR_KEY: changed.data.eval_dir,
+            cc.SPANS_KEY: changed.data.spans,
+            cc.SETTINGS_KEY: json.dumps(changed.to_dict()),
+            cc.SERVING_MODEL_DIR_KEY: changed.serving_model_dir,
+            cc.FORCE_KEY: 0,
+        }
+    )
+    assert check.changed and "trainer.learning_rate (0.001 -> 0.002)" in check.reason
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import os
 import image_corpus
 import pytest
 
+from components import change_check as cc
 from components import image_listing as listing
 from pipeline.configs import ConfigError, PipelineConfig, load_config
-from pipeline.local_runner import unchanged_since_served
 from serving import sidecars
 from trainer import warm_start
 
@@ -105,27 +105,46 @@ def served_with_record(tmp_path, config, data_root, spans, **changes):
     return version_dir
 
 
+def decide(config, data_root, spans_setting="all"):
+    """The change check's decision for these settings and this data (the component's own function)."""
+    return cc.check(
+        {
+            cc.DATA_ROOT_KEY: data_root,
+            cc.SPLIT_MODE_KEY: "hash",
+            cc.TRAIN_DIR_KEY: config.data.train_dir,
+            cc.EVAL_DIR_KEY: config.data.eval_dir,
+            cc.SPANS_KEY: spans_setting,
+            cc.SETTINGS_KEY: json.dumps(config.to_dict()),
+            cc.SERVING_MODEL_DIR_KEY: config.serving_model_dir,
+            cc.FORCE_KEY: 0,
+        }
+    )
+
+
 def test_same_files_and_settings_are_a_no_op_and_any_change_is_not(tmp_path):
+    """A record written the way the Pusher writes it (full settings, the selected spans' fingerprint) is what the
+    change check compares with."""
     root = spans_folder(tmp_path, {1: {"a": 2, "b": 2}, 2: {"a": 1, "b": 1}})
     config = PipelineConfig(pipeline_root=str(tmp_path / "p")).absolute_paths()
     config.data.data_root = root
-    assert unchanged_since_served(config, root, "hash", ["span-1"])["reason"] == "nothing is served yet"
+    assert decide(config, root, "1").reason == "nothing served yet"
     served_with_record(tmp_path, config, root, ["span-1"])
 
-    check = unchanged_since_served(config, root, "hash", ["span-1"])
-    assert check == {"unchanged": True, "version": 1, "reason": "no new data; version 1 stays served"}
+    check = decide(config, root)
+    assert check.changed and check.reason == "new data: span-2"  # the record names span-1 only
+    os.rename(os.path.join(root, "span-2"), str(tmp_path / "span-2-aside"))
+    check = decide(config, root, "all")
+    assert not check.changed and check.reason == "no new data; version 1 stays served" and check.served_version == 1
     # The record, not MLMD: no metadata database exists under this pipeline root at all.
     assert not os.path.exists(config.metadata_path)
 
-    # Another span selected, a file touched, a setting changed: each is a reason to train.
-    assert not unchanged_since_served(config, root, "hash", ["span-1", "span-2"])["unchanged"]
+    # A setting changed, a file touched: each is a reason to train, and the reason says which.
     config.trainer.learning_rate = 0.002
-    reason = unchanged_since_served(config, root, "hash", ["span-1"])["reason"]
-    assert "trainer.learning_rate (0.001 -> 0.002)" in reason
+    assert "trainer.learning_rate (0.001 -> 0.002)" in decide(config, root).reason
     config.trainer.learning_rate = 0.001
     touched = os.path.join(root, "span-1", "a", sorted(os.listdir(os.path.join(root, "span-1", "a")))[0])
     os.utime(touched, ns=(0, 10**18))
-    assert unchanged_since_served(config, root, "hash", ["span-1"])["reason"] == "input files differ from version 1's"
+    assert decide(config, root).reason == "new data: the input files differ from version 1's"
 
 
 def test_a_served_version_without_a_record_is_retrained(tmp_path):
@@ -134,8 +153,9 @@ def test_a_served_version_without_a_record_is_retrained(tmp_path):
     version_dir = os.path.join(config.serving_model_dir, "1")
     os.makedirs(version_dir)
     open(os.path.join(version_dir, "saved_model.pb"), "wb").close()
-    check = unchanged_since_served(config, str(tmp_path / "data"), "hash", [])
-    assert check == {"unchanged": False, "version": 1, "reason": "served version 1 has no data record"}
+    check = decide(config, str(tmp_path / "data"))
+    assert check.changed and check.served_version == 1
+    assert check.reason == "served version 1 has no data record (pushed by hand or an older ftune)"
 
 
 # --- the warm-start decision -------------------------------------------------------------------------------------

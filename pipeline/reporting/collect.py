@@ -9,7 +9,13 @@ Where each part comes from:
     matrix, the grid images, the ranked mistakes, and precision/F1 -- what TFMA does not give;
   * gate: the Evaluator's gate.json (TFMA's overall accuracy and per-class recall, the thresholds, the decision).
     The per-class recall on the page is this one, the gated number, never the report's own;
-  * push: the Pusher's artifact; outcome: how the run ended (pipeline/outcome.py); tflite: the Trainer's record.
+  * push: the Pusher's artifact; outcome: how the run ended (pipeline/outcome.py); tflite: the Trainer's record;
+  * change_check: what the run's ChangeCheck decided (run_records.change_decision: changed, refused, reason,
+    served_version), None for a run without one (`ftune ingest`); a run it found nothing to do for ran nothing
+    else, so the other parts say "skipped" with its reason, and the outcome is no_new_data or still_refused;
+  * last_refused: the serving folder's refused_attempt.json (the last attempt the gate refused, whichever run it
+    was), and last_refused_applies: whether the change check still holds it (the version it was compared with is
+    the one served now).
 
 "The latest run" is the newest `pipeline_run` context in the run's MLMD store: a component that did not run in it
 (the run stopped after the Trainer, or failed earlier) is reported as missing, with the reason, rather than
@@ -27,8 +33,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from pipeline.configs import PipelineConfig
 from pipeline.reporting import predictions as own_predictions
-from pipeline.reporting.run_records import RunView, artifact_property, load_run
+from pipeline.reporting.run_records import RunView, artifact_property, change_decision, load_run
 from serving import sidecars
+from serving.model_versions import NO_SERVED_VERSION, latest_served
 from serving.signatures import TF_EXAMPLE_SIGNATURE
 
 log = logging.getLogger("ftune")
@@ -48,6 +55,7 @@ def collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) -
     """The run's numbers. `with_predictions=False` skips loading the model (no `predictions` part at all), for
     speed; `keep_images` keeps the encoded images of the grid and ranked entries (for the figures)."""
     run = load_run(config)
+    serving_dir = config.serving_model_dir
     missing: Dict[str, str] = {}
     data: Dict[str, Any] = {
         "pipeline_name": config.pipeline_name,
@@ -58,6 +66,12 @@ def collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) -
         "missing": missing,
     }
     collected = Collected(data=data)
+    decision = data["change_check"] = _guarded("change_check", missing, lambda: change_decision(run))
+    nothing_to_do = bool(decision) and not decision["changed"]
+    if nothing_to_do:
+        data["components"] = {node: run.states.get(node, "skipped") for node in sidecars.COMPONENT_IDS}
+    data["last_refused"] = _guarded("last_refused", missing, lambda: sidecars.read_refused_attempt(serving_dir))
+    data["last_refused_applies"] = _refusal_applies(data["last_refused"], serving_dir)
     data["ingestion"] = _guarded("ingestion", missing, lambda: _ingestion(run))
     data["training"] = _guarded("training", missing, lambda: _training(run))
     if with_predictions:
@@ -68,6 +82,8 @@ def collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) -
     data["push"] = _push(run, data["gate"])
     data["outcome"] = _outcome(data["push"])
     data["tflite"] = _guarded("tflite", missing, lambda: _tflite(run, data["push"]))
+    if nothing_to_do:
+        _skipped_by_the_change_check(data, decision)
     data["settings"] = config.to_dict()  # as loaded by the command writing the report (`ftune run`: the run's)
     return collected
 
@@ -94,6 +110,30 @@ def _require_uri(run: RunView, node: str, key: str) -> str:
     if uri is None:
         raise Missing(run.why_missing(node))
     return uri
+
+
+# --- the change check and the refusal memory --
+
+
+def _refusal_applies(attempt: Optional[Dict[str, Any]], serving_model_dir: str) -> bool:
+    """The change check holds a refusal only while the version it was compared with is served (change_check.py)."""
+    if not isinstance(attempt, dict):
+        return False
+    return attempt.get("served_version", NO_SERVED_VERSION) == latest_served(serving_model_dir)[0]
+
+
+def _skipped_by_the_change_check(data: Dict[str, Any], decision: Dict[str, Any]) -> None:
+    """A run whose change check found nothing to do: every part after it was skipped, for the check's reason (not
+    "the run stopped before it"), and the run ended as `ftune run` says (no_new_data or still_refused, exit 0)."""
+    from pipeline import outcome
+
+    why = f"skipped: the change check found nothing to train ({decision['reason']})"
+    for part in data["missing"]:
+        if part not in ("change_check", "last_refused"):
+            data["missing"][part] = why
+    data["push"] = {"pushed": None, "destination": None, "version": None, "reason": why}
+    status = outcome.STILL_REFUSED if decision["refused"] else outcome.NO_NEW_DATA
+    data["outcome"] = outcome.outcome(status, decision["served_version"])
 
 
 # --- ingestion --

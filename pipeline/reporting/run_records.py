@@ -5,6 +5,7 @@ The run summary, the HTML report, `ftune ingest` and the tests all read runs thr
     load_run(config) -> RunView           the newest pipeline run: state per node, artifacts each published
     component_timings(config) -> dict     seconds and state of each node's newest execution
     latest_artifact_uri(config, node, key) -> str | None
+    change_decision(run) -> dict | None   what the run's change check decided
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.configs import PipelineConfig
+from serving import sidecars
 
 _EXECUTION_STATES = {0: "unknown", 1: "new", 2: "running", 3: "complete", 4: "failed", 5: "cached", 6: "canceled"}
 
@@ -163,3 +165,20 @@ def latest_artifact_uri(config: PipelineConfig, node: str, output_key: str) -> O
     artifacts = store.get_artifacts_by_id(candidates) if candidates else []
     live = [a for a in artifacts if a.state == a.LIVE]
     return max(live, key=lambda a: a.id).uri if live else None
+
+
+def change_decision(run: RunView) -> Optional[Dict[str, Any]]:
+    """{changed, refused, reason, served_version} from the run's change check (components/change_check.py), or
+    None when the run has none (a stage-limited run, or one that stopped before it)."""
+    from components import change_check as cc
+
+    artifact = run.artifact(sidecars.CHANGE_CHECK, cc.DECISION_KEY)
+    if artifact is None:
+        return None
+    served = artifact_property(artifact, cc.SERVED_VERSION_PROPERTY, -1)
+    return {
+        "changed": bool(artifact_property(artifact, cc.CHANGED_PROPERTY, 1)),
+        "refused": bool(artifact_property(artifact, cc.REFUSED_PROPERTY, 0)),
+        "reason": artifact_property(artifact, cc.REASON_PROPERTY, ""),
+        "served_version": served if served >= 0 else None,
+    }
