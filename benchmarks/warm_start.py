@@ -28,6 +28,8 @@ sys.path.insert(0, HERE)
 from cats_vs_dogs import REPO, benchmark_parser, parse_checked  # noqa: E402
 from common import ftune_run, write_results  # noqa: E402
 
+from serving import sidecars  # noqa: E402
+
 DEFAULT_OUTPUT = os.path.join(HERE, "results", "warm_start.json")
 
 
@@ -62,7 +64,7 @@ def measured_run(name: str, data: str, root: str, weights: str, settings: List[s
         "phase_val_accuracy": training.get("final_accuracy"),
         "epochs_per_phase": training.get("epochs_per_phase"),
         "warm_start": training.get("warm_start"),
-        "trainer_component_s": round(component_timings(config)["Trainer"]["seconds"], 1),
+        "trainer_component_s": round(component_timings(config)[sidecars.TRAINER]["seconds"], 1),
         "train_loop_s": round(training.get("train_wall_s") or 0.0, 1),
         "spans": (data_.get("ingestion") or {}).get("spans"),
         "blessed": data_["gate"]["blessed"],

@@ -74,6 +74,7 @@ from components.image_listing import (
     split_root_of,
 )
 from components.settings import DataConfig
+from serving import sidecars
 from serving.sidecars import write_ingest_report
 
 PROGRESS_EVERY = 500
@@ -150,8 +151,8 @@ class _ReadAndInspect(beam.DoFn):
         self._max_image_pixels = max_image_pixels
         self._max_file_bytes = max_file_bytes
         self._seen = 0
-        self._accepted = beam.metrics.Metrics.counter("ImageExampleGen", "accepted")
-        self._quarantined = beam.metrics.Metrics.counter("ImageExampleGen", "quarantined")
+        self._accepted = beam.metrics.Metrics.counter(sidecars.EXAMPLE_GEN, "accepted")
+        self._quarantined = beam.metrics.Metrics.counter(sidecars.EXAMPLE_GEN, "quarantined")
 
     def process(self, item: Tuple[str, str]):
         # rel_path is relative to input_base, so names are unique across pre-split folders and spans too
