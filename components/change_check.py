@@ -49,7 +49,7 @@ from tfx.types.experimental.simple_artifacts import File
 from components.image_listing import input_fingerprint, make_input_config, resolve_split_mode, select_spans
 from serving import sidecars
 from serving.model_record import utc_now
-from serving.model_versions import NO_SERVED_VERSION, latest_served
+from serving.model_versions import NO_SERVED_VERSION, latest_served, refusal_applies
 from trainer.settings import run_parameter_types
 
 # Bump when a release changes what training produces (see the module docstring); the Pusher records it.
@@ -188,14 +188,11 @@ def _describe_data(spans: Sequence[str], record: Mapping[str, Any], served_versi
 def _refusal_matches(
     refused: Optional[Mapping[str, Any]], fingerprint: str, settings: Mapping[str, Any], served_version: int
 ) -> bool:
-    """The same data and settings were refused by the gate against the version served now. (A rollback or a push
-    since then changes the baseline, so the batch deserves another try.)"""
-    if not refused:
-        return False
+    """The same data and settings were refused by the gate against the version served now."""
     return (
-        refused.get("fingerprint") == fingerprint
+        refusal_applies(refused, served_version)
+        and refused.get("fingerprint") == fingerprint
         and not changed_keys(settings, refused.get("settings") or {})
-        and refused.get("served_version", NO_SERVED_VERSION) == served_version
     )
 
 

@@ -22,7 +22,7 @@ from serving import sidecars
 
 
 def list_versions(config: PipelineConfig, as_json: bool) -> int:
-    from serving.model_versions import NO_SERVED_VERSION, served_versions
+    from serving.model_versions import NO_SERVED_VERSION, refusal_applies, served_versions
 
     base = serving_folder(config)
     versions = served_versions(base)
@@ -90,22 +90,7 @@ def last_refused(serving_model_dir: str) -> Optional[Dict[str, Any]]:
     """The last refused attempt (None when the gate never refused one); an error naming the file when it is not a
     JSON object."""
     path = sidecars.refused_attempt_path(serving_model_dir)
-    try:
-        attempt = sidecars.read_refused_attempt(serving_model_dir)
-    except ValueError as exc:  # json.JSONDecodeError
-        raise _bad_refusal(path, f"not JSON: {exc}") from exc
-    if attempt is not None and not isinstance(attempt, dict):
-        raise _bad_refusal(path, f"JSON {type(attempt).__name__}, not an object")
-    return attempt
-
-
-def refusal_applies(attempt: Optional[Dict[str, Any]], served_now: int) -> bool:
-    """Whether the change check still holds the refusal against these data: only while the version it was compared
-    with is the one served now (the same rule as components/change_check.py, which this module cannot import
-    without loading TFX)."""
-    from serving.model_versions import NO_SERVED_VERSION
-
-    return attempt is not None and attempt.get("served_version", NO_SERVED_VERSION) == served_now
+    return _json_object(path, lambda: sidecars.read_refused_attempt(serving_model_dir), _bad_refusal)
 
 
 def refusal_lines(attempt: Dict[str, Any]) -> str:
@@ -171,13 +156,18 @@ def serving_folder(config: PipelineConfig) -> str:
 def version_record(version_dir: str) -> Optional[Dict[str, Any]]:
     """The version's record (None when it has none); an error naming the file when it is not a JSON object."""
     path = sidecars.model_record_path(version_dir)
+    return _json_object(path, lambda: sidecars.read_model_record(version_dir), _bad_record)
+
+
+def _json_object(path: str, read, bad) -> Optional[Dict[str, Any]]:
+    """read()'s JSON object, None when the file is absent; `bad(path, what)` names the file when it is no object."""
     try:
-        record = sidecars.read_model_record(version_dir)
+        value = read()
     except ValueError as exc:  # json.JSONDecodeError
-        raise _bad_record(path, f"not JSON: {exc}") from exc
-    if record is not None and not isinstance(record, dict):
-        raise _bad_record(path, f"JSON {type(record).__name__}, not an object")
-    return record
+        raise bad(path, f"not JSON: {exc}") from exc
+    if value is not None and not isinstance(value, dict):
+        raise bad(path, f"JSON {type(value).__name__}, not an object")
+    return value
 
 
 def _bad_refusal(path: str, what: str) -> CommandError:

@@ -271,3 +271,10 @@ def republish(serving_model_dir: str, version: int, record: Optional[Dict[str, A
     if version not in served_versions(serving_model_dir):
         raise FileNotFoundError(f"no complete version {version} under {serving_model_dir}")
     return push(source, serving_model_dir, record)
+
+
+def refusal_applies(attempt: Optional[Dict[str, Any]], served_version: int) -> bool:
+    """Whether a refused attempt (sidecars.read_refused_attempt) still holds: only while the version it was compared
+    with is the one served now. A push or a rollback since changes the baseline, so the batch deserves another try.
+    The change check (same data and settings too) and `ftune versions` both ask this."""
+    return attempt is not None and attempt.get("served_version", NO_SERVED_VERSION) == served_version
