@@ -423,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force",
         action="store_true",
-        help="train even when the input files and settings are those the served version's record names "
-        "(without it, such a run ends with 'no new data; version N stays served'); also turns caching off",
+        help="train even when the change check finds the input files and settings of the served version's record, "
+        "or of the last batch the gate refused (without it, such a run ends with 'no new data; version N stays "
+        "served' or 'no new data since the refused run of ...'); also turns caching off",
     )
     p.set_defaults(func=cmd_run)
 
