@@ -77,7 +77,6 @@ SMALL_RUN_SETTINGS = [
     "push.tflite=int8",
     # A handful of eval images: one image is several points of accuracy, so the int8 gate gets room here.
     "eval.max_tflite_accuracy_drop=0.25",
-    'beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"]',
 ]
 
 

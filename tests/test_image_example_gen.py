@@ -56,7 +56,8 @@ def test_good_images_once_bad_files_quarantined_with_reason(tmp_path):
     good, bad = image_corpus.write_corpus(str(data))
     assert len({os.path.basename(k) for k in bad}) >= 10, "the corpus must hold at least 10 kinds of bad file"
 
-    # Multi-processing Beam here (the product's default), so the DoFn really is pickled into worker processes.
+    # Multi-processing Beam here (Kubeflow's default; locally the runner is in-process), so the DoFn really is
+    # pickled into worker processes.
     config, uri = ingest(
         tmp_path,
         str(data),
