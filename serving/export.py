@@ -32,7 +32,9 @@ from trainer import features
 class ServingModule(tf.Module):
     """Raw request -> TFT transform -> Keras model -> probabilities / class ids / class names."""
 
-    def __init__(self, model, tf_transform_output, class_names: Sequence[str], image_size: int):
+    def __init__(
+        self, model, tf_transform_output, class_names: Sequence[str], image_size: int, flip_average: bool = False
+    ):
         super().__init__()
         self.model = model
         # Keras 3 keeps some state (e.g. the augmentation and dropout layers' RNG seeds) in variables that
@@ -43,18 +45,18 @@ class ServingModule(tf.Module):
         self.class_names = tf.Variable(list(class_names), trainable=False, dtype=tf.string, name="class_names")
         self._image_size = image_size
         self._num_classes = len(class_names)
+        self._flip_average = flip_average
         self._image_feature_spec = {features.IMAGE_KEY: tf_transform_output.raw_feature_spec()[features.IMAGE_KEY]}
 
     def predict_transformed(self, image_raw: tf.Tensor) -> Dict[str, tf.Tensor]:
         """From Transform's output feature (what the trainer sees) to the output dict."""
         images = features.parse_images(image_raw, self._image_size)
-        logits = tf.cast(self.model(images, training=False), tf.float32)
-        if self._num_classes == 2:
-            score = tf.sigmoid(tf.reshape(logits, [-1]))
-            probabilities = tf.stack([1.0 - score, score], axis=1)
-        else:
-            probabilities = tf.nn.softmax(logits, axis=-1)
-            score = None
+        probabilities = self._probabilities(images)
+        if self._flip_average:
+            # Test-time augmentation (`trainer.test_time_flip`): the mean of the probabilities for the image and its
+            # mirror image, one more model call per request. Horizontal flips are in the training augmentation.
+            probabilities = (probabilities + self._probabilities(tf.reverse(images, axis=[2]))) / 2.0
+        score = probabilities[:, 1] if self._num_classes == 2 else None
         class_ids = tf.argmax(probabilities, axis=1, output_type=tf.int64)
         outputs = {
             "probabilities": probabilities,
@@ -64,6 +66,14 @@ class ServingModule(tf.Module):
         if score is not None:
             outputs["score"] = score
         return outputs
+
+    def _probabilities(self, images: tf.Tensor) -> tf.Tensor:
+        """[N, C] class probabilities of the Keras model (one sigmoid logit for two classes)."""
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        if self._num_classes == 2:
+            score = tf.sigmoid(tf.reshape(logits, [-1]))
+            return tf.stack([1.0 - score, score], axis=1)
+        return tf.nn.softmax(logits, axis=-1)
 
     def _transform(self, raw_features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         return self.predict_transformed(self.tft_layer(raw_features)[features.TRANSFORMED_IMAGE_KEY])
@@ -85,9 +95,11 @@ def export_saved_model(
     image_size: int,
     export_dir: str,
     warmup_images: Sequence[bytes] = (),
+    flip_average: bool = False,
 ) -> str:
-    """Writes the SavedModel (and TF Serving warmup requests) to export_dir; returns export_dir."""
-    module = ServingModule(model, tf_transform_output, class_names, image_size)
+    """Writes the SavedModel (and TF Serving warmup requests) to export_dir; returns export_dir. `flip_average`:
+    the signatures average each image's prediction with its mirror image's (`trainer.test_time_flip`)."""
+    module = ServingModule(model, tf_transform_output, class_names, image_size, flip_average)
     signatures = {
         SERVING_SIGNATURE: module.serve_image_bytes.get_concrete_function(),
         TF_EXAMPLE_SIGNATURE: module.serve_tf_examples.get_concrete_function(),

@@ -268,6 +268,26 @@ def test_accuracy_metrics_are_computed_on_logits():
     assert result["accuracy"] == 1.0
 
 
+def test_label_smoothing_loss_matches_smoothed_targets_and_keeps_class_weights():
+    # Identity "model": the inputs are the logits. With smoothing s over 3 classes the target of class 0 is
+    # (1 - s + s/3, s/3, s/3); the loss is the cross-entropy against it.
+    multi = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, use_bias=False, kernel_initializer="identity")])
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]], dtype="float32")
+    labels = np.array([0, 2])
+    smoothing = 0.1
+    compile_model(multi, 1e-3, num_classes=3, label_smoothing=smoothing)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    targets = np.full((2, 3), smoothing / 3) + np.eye(3)[labels] * (1 - smoothing)
+    per_example = -(targets * log_probs).sum(axis=1)
+    result = multi.evaluate(logits, labels, verbose=0, return_dict=True)
+    assert result["loss"] == pytest.approx(per_example.mean(), rel=1e-5)
+    # Class weights are per-example weights: the loss must still be per example for them to apply.
+    weighted = multi.evaluate(logits, labels, sample_weight=np.array([1.0, 3.0]), verbose=0, return_dict=True)
+    assert weighted["loss"] == pytest.approx((per_example[0] + 3 * per_example[1]) / 2, rel=1e-5)
+    with pytest.raises(ConfigError, match="trainer.label_smoothing"):
+        _config(label_smoothing=1.0).validate()
+
+
 def test_prefix_cut_is_at_a_block_boundary():
     _, base = build_model(_config(), 2)
     cut = choose_prefix_cut(base, 100)

@@ -77,6 +77,11 @@ class TrainerConfig:
     fine_tune_at: float = 100
     early_stopping_patience: int = 3
     dropout: float = 0.2
+    # Label smoothing of the cross-entropy in both phases (0 = none).
+    label_smoothing: float = 0.0
+    # The exported model averages each image's probabilities with its mirror image's (serving/export.py): one
+    # more model call per request.
+    test_time_flip: bool = False
     augment: bool = True
     rotation_factor: float = 0.2
     seed: int = 42
@@ -112,6 +117,13 @@ class TrainerConfig:
     warm_start: str = "auto"
     warm_phase1_epochs: int = 2
     warm_phase2_epochs: int = 3
+    # The check of the training data (components/data_findings.py, trainer/label_issues.py): suspected label errors
+    # (confident learning with `label_issue_folds` out-of-sample heads) and, per class of a new span, the distance
+    # from the served version's training data, in units of its within-class spread; above `drift_threshold` the
+    # summary says the span looks different (clean sample spans measured below 0.12, swapped folders above 0.6).
+    label_issues: bool = True
+    label_issue_folds: int = 5
+    drift_threshold: float = 0.35
 
     def validate(self) -> TrainerConfig:
         """Checks every `trainer.*` value (ranges, allowed values, `fine_tune_at` against the base's depth)."""
@@ -128,6 +140,7 @@ class TrainerConfig:
             t.early_stopping_patience, t.early_stopping_patience >= 0, "trainer.early_stopping_patience", "non-negative"
         )
         check(t.dropout, 0 <= t.dropout < 1, "trainer.dropout", "in [0, 1)")
+        check(t.label_smoothing, 0 <= t.label_smoothing < 1, "trainer.label_smoothing", "in [0, 1)")
         check(t.rotation_factor, 0 <= t.rotation_factor <= 1, "trainer.rotation_factor", "in [0, 1]")
         check(t.phase1_mode, t.phase1_mode in PHASE1_MODES, "trainer.phase1_mode", one_of(PHASE1_MODES))
         check(t.phase2_mode, t.phase2_mode in PHASE2_MODES, "trainer.phase2_mode", one_of(PHASE2_MODES))
@@ -150,6 +163,8 @@ class TrainerConfig:
         check(t.warm_start, t.warm_start in WARM_START_MODES, "trainer.warm_start", one_of(WARM_START_MODES))
         check(t.warm_phase1_epochs, t.warm_phase1_epochs >= 0, "trainer.warm_phase1_epochs", "non-negative")
         check(t.warm_phase2_epochs, t.warm_phase2_epochs >= 0, "trainer.warm_phase2_epochs", "non-negative")
+        check(t.label_issue_folds, t.label_issue_folds >= 2, "trainer.label_issue_folds", "at least 2")
+        check(t.drift_threshold, t.drift_threshold > 0, "trainer.drift_threshold", "positive")
         return self
 
     def fine_tune_layer(self) -> int:
