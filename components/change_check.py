@@ -71,6 +71,10 @@ NOT_TRAINING_KEYS = (
     "push.model_name",
     "push.keep_versions",
     "trainer.cache_max_mb",  # the same training, its caches spilled to disk
+    # The check of the training data (components/data_findings.py): what the Trainer reports, not what it trains.
+    "trainer.label_issues",
+    "trainer.label_issue_folds",
+    "trainer.drift_threshold",
 )
 
 # Execution properties.

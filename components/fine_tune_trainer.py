@@ -11,6 +11,12 @@ Warm start (trainer.warm_start=auto): the pipeline hands the Trainer the served-
 `base_model` input; when that model has the same labels, base and image size, training starts from its weights
 with the warm epoch settings (trainer/warm_start.py). The decision is written to the export as
 `assets.extra/warm_start.json` ({"from_version": N or null, "reason": "..."}) and into training_history.json.
+
+The check of the training data (trainer.label_issues, components/data_findings.py) runs on the pretrained base
+before a warm start replaces its weights: suspected label errors (`label_issues.json`) and what changed since the
+served version (`data_changes.json`) beside training_history.json, and this run's per-class feature profile in the
+export's `assets.extra/`, so that it travels with the pushed version. Its seconds are `label_issues_s` in the
+history.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import json_utils
 
+from components import data_findings
 from serving import sidecars
 from serving.export import export_saved_model
 from serving.tflite import export_tflite
@@ -143,6 +150,17 @@ def run_fn(fn_args: FnArgs) -> None:
     started = time.time()
     with distribution_strategy(cfg).scope():
         model, base = build_model(cfg, num_classes=len(class_names))
+        # Before a warm start copies the served weights in: the check reads the pretrained base's features.
+        findings = data_findings.examine_training_data(
+            cfg,
+            model,
+            base,
+            fn_args.train_files,
+            tf_transform_output,
+            class_names,
+            served_version,
+            served_dir,
+        )
         reason, served = warm.cold_reason(
             cfg,
             class_names,
@@ -165,6 +183,8 @@ def run_fn(fn_args: FnArgs) -> None:
     # warm start swapped in its own epoch counts, so that the next run's no-op check compares like with like.
     history["trainer_config"] = configured
     history["warm_start"] = warm_start
+    # The check of the training data, features included (0 when trainer.label_issues is off).
+    history["label_issues_s"] = round(findings.seconds, 2) if findings else 0.0
 
     export_dir = fn_args.serving_model_dir
     export_saved_model(
@@ -174,6 +194,7 @@ def run_fn(fn_args: FnArgs) -> None:
         cfg.image_size,
         export_dir,
         warmup_images=warmup_images(eval_ds, cfg.warmup_requests),
+        flip_average=cfg.test_time_flip,
     )
     tflite = (fn_args.custom_config or {}).get(TFLITE_KEY)  # absent: a pipeline built without the option
     if tflite and tflite["mode"] != "off":
@@ -184,6 +205,8 @@ def run_fn(fn_args: FnArgs) -> None:
         os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history, class_names, model
     )
     sidecars.write_warm_start(export_dir, warm_start)
+    if findings:
+        data_findings.write_findings(findings, os.path.dirname(export_dir.rstrip("/")), export_dir)
     logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir, history.get("final_accuracy"))
 
 

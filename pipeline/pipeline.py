@@ -145,12 +145,12 @@ def _pipeline_components(
         ).with_id(sidecars.TRANSFORM)
         components.append(transform)
 
-        # The version TF Serving serves now: the Evaluator's baseline, and the Trainer's warm-start source.
+        # The version TF Serving serves now: the Evaluator's baseline; for the Trainer, the warm-start source (when
+        # trainer.warm_start=auto) and the data its training data is compared with (components/data_findings.py).
         baseline = ServedModelBaseline(serving_model_dir=config.serving_model_dir, serving_state=serving_state).with_id(
             sidecars.SERVED_MODEL_BASELINE
         )
         components.append(baseline)
-        warm_start = {"base_model": baseline.outputs["baseline_model"]} if config.trainer.warm_start == "auto" else {}
 
         trainer = fine_tune_trainer.FineTuneTrainer(
             run_fn=RUN_FN,
@@ -167,8 +167,8 @@ def _pipeline_components(
                     "max_accuracy_drop": config.eval.max_tflite_accuracy_drop,
                 },
             },
+            base_model=baseline.outputs["baseline_model"],
             **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},
-            **warm_start,
         ).with_id(sidecars.TRAINER)
         components.append(trainer)
 

@@ -15,6 +15,11 @@ model_record.json      <serving dir>/<version>/assets.extra/     Pusher, rollbac
                                                                                    (schema: serving/model_record.py)
 refused_attempt.json   <serving dir>/ (beside the versions)      Pusher (refused)  ChangeCheck, versions, report
                                                                  (keys: components/change_check.py)
+label_issues.json      <Model artifact>/ (beside Format-Serving)  Trainer          summary, report
+data_changes.json      <Model artifact>/ (beside Format-Serving)  Trainer          summary, report
+feature_profile.json   <SavedModel>/assets.extra/                Trainer          Trainer (the next run's
+                                                                                   data_changes.json)
+                       (keys of all three: components/data_findings.py)
 
 Local paths are read with Python's own file functions, so that commands that only read records (`ftune
 versions`, `rollback`) start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio.
@@ -68,6 +73,11 @@ TFLITE_RECORD_FILE = "tflite.json"
 MODEL_RECORD_FILE = "model_record.json"
 # Beside the versions: TF Serving and serving/model_versions.py take only integer-named entries for versions.
 REFUSED_ATTEMPT_FILE = "refused_attempt.json"
+# The Trainer's findings about its training data (components/data_findings.py): beside training_history.json, and
+# the per-class feature profile that travels with the pushed version.
+LABEL_ISSUES_FILE = "label_issues.json"
+DATA_CHANGES_FILE = "data_changes.json"
+FEATURE_PROFILE_FILE = "feature_profile.json"
 # The SavedModel's folder inside a TFX Model artifact (tfx.utils.path_utils.serving_model_path names it too;
 # it is spelled here so that readers need not import TFX).
 SERVING_MODEL_DIR = "Format-Serving"
@@ -279,3 +289,45 @@ def write_refused_attempt(serving_model_dir: str, attempt: Dict[str, Any]) -> st
     _write_json(temporary, attempt)
     os.replace(temporary, path)
     return path
+
+
+# --- label_issues.json, data_changes.json, feature_profile.json: the Trainer's findings about its training data ----
+# (keys: components/data_findings.py)
+
+
+def label_issues_path(model_uri: str) -> str:
+    return os.path.join(model_uri, LABEL_ISSUES_FILE)
+
+
+def read_label_issues(model_uri: str) -> Optional[Dict[str, Any]]:
+    """Suspected label errors among the training images, grouped by span and class folder; None when absent
+    (trainer.label_issues=false, or a model trained by an older ftune)."""
+    return _read_json(label_issues_path(model_uri))
+
+
+def write_label_issues(model_uri: str, findings: Dict[str, Any]) -> str:
+    return _write_json(label_issues_path(model_uri), findings)
+
+
+def data_changes_path(model_uri: str) -> str:
+    return os.path.join(model_uri, DATA_CHANGES_FILE)
+
+
+def read_data_changes(model_uri: str) -> Optional[Dict[str, Any]]:
+    """What changed in the training data since the served version (images per class and span, per-class feature
+    distances of the new spans); None when absent."""
+    return _read_json(data_changes_path(model_uri))
+
+
+def write_data_changes(model_uri: str, changes: Dict[str, Any]) -> str:
+    return _write_json(data_changes_path(model_uri), changes)
+
+
+def read_feature_profile(saved_model_dir: str) -> Optional[Dict[str, Any]]:
+    """The per-class feature profile of the data a model (or a served version) was trained on, or None."""
+    return _read_json(os.path.join(assets_extra(saved_model_dir), FEATURE_PROFILE_FILE))
+
+
+def write_feature_profile(saved_model_dir: str, profile: Dict[str, Any]) -> str:
+    # Compact: the profile holds a mean vector per class (1280 numbers for MobileNetV2).
+    return _write_text(os.path.join(assets_extra(saved_model_dir), FEATURE_PROFILE_FILE), json.dumps(profile))

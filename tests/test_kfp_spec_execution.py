@@ -409,6 +409,14 @@ def test_first_execution_runs_every_task_and_pushes_version_1(first, setup):
     # Artifacts live under the run's root, one folder per task and output key.
     assert first.artifact("Trainer", "model")["uri"] == f"{first.run_root}/Trainer/model"
     assert history(first)["phase2_start_epoch"] is not None
+    # The Trainer's check of its training data: label_issues.json beside the history, and the feature profile in
+    # the pushed version, for the next run to compare with.
+    from serving import sidecars
+
+    issues = sidecars.read_label_issues(first.artifact("Trainer", "model")["uri"])
+    assert issues is not None and issues["images"] == CLASSES * TRAIN_PER_CLASS and "flagged" in issues, issues
+    profile = sidecars.read_feature_profile(str(setup["volume"] / MODEL_NAME / "1"))
+    assert profile["spans"] == ["span-1"] and len(profile["classes"]) == CLASSES
 
 
 def test_pushed_model_answers_from_serving_default(first, setup):
@@ -486,6 +494,9 @@ def test_other_run_parameters_change_what_runs_and_push_nothing(first, refused, 
     assert any("overall accuracy" in c and "below the floor 1.000" in c for c in attempt["failed_checks"]), attempt
     assert attempt["served_version"] == 1
     assert attempt["fingerprint"] == decision(execution)["fingerprint"]
+    # The new span was compared with the data version 1 was trained on (its profile reached the Trainer).
+    changes = sidecars.read_data_changes(execution.artifact("Trainer", "model")["uri"])
+    assert changes["compared"] and changes["served_version"] == 1 and changes["new_spans"] == [NEW_SPAN], changes
 
 
 def test_every_task_runs_again_without_a_false_cache_hit(first, refused, setup):

@@ -186,8 +186,11 @@ def test_summary_lines(run):
     assert "after phase 1" in lines[1] and "after phase 2" in lines[1]
     assert lines[2] == f"warm start: {data['training']['warm_start']['reason']}"
     assert lines[2].startswith("warm start: cold start")  # nothing served before this run
-    assert lines[3] == f"gate: {data['gate']['decision']}"
-    assert (data["push"]["destination"] in lines[4]) if data["push"]["pushed"] else "nothing pushed" in lines[4]
+    # The check of the training data (nothing served yet: no "data changes" line).
+    assert lines[3].startswith("label issues: ") and f" {data['label_issues']['images']} training images" in lines[3]
+    assert not any(line.startswith("data changes:") for line in lines)
+    assert lines[4] == f"gate: {data['gate']['decision']}"
+    assert (data["push"]["destination"] in lines[5]) if data["push"]["pushed"] else "nothing pushed" in lines[5]
 
 
 # --- partial runs ----------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ Where each part comes from:
   * training: the Trainer's training history (both phases, timings, the warm start);
   * predictions: the report's own pass of the exported model over the eval split (predictions.py): the confusion
     matrix, the grid images, the ranked mistakes, and precision/F1 -- what TFMA does not give;
+  * label_issues, data_changes: the Trainer's check of its training data (label_issues.json, data_changes.json;
+    None when absent), images_per_span: sizes and formats per span from the examples (with the predictions), and
+    likely_causes: for a refused model, the strongest of those findings (findings.py);
   * gate: the Evaluator's gate.json (TFMA's overall accuracy and per-class recall, the thresholds, the decision).
     The per-class recall on the page is this one, the gated number, never the report's own;
   * push: the Pusher's artifact; outcome: how the run ended (pipeline/outcome.py); tflite: the Trainer's record;
@@ -32,6 +35,7 @@ import os
 from typing import Any, Callable, Dict, List, Optional
 
 from pipeline.configs import PipelineConfig
+from pipeline.reporting import findings
 from pipeline.reporting import predictions as own_predictions
 from pipeline.reporting.run_records import RunView, artifact_property, change_decision, load_run
 from serving import sidecars
@@ -49,6 +53,7 @@ class Collected:
     grid: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # eval images for the grid figure
     mistakes: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # most confident wrong ones
     unsure: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # least confident right ones
+    flagged: List[Dict[str, Any]] = dataclasses.field(default_factory=list)  # suspected label errors (training)
 
 
 def collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) -> Collected:
@@ -74,11 +79,20 @@ def collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) -
     data["last_refused_applies"] = _refusal_applies(data["last_refused"], serving_dir)
     data["ingestion"] = _guarded("ingestion", missing, lambda: _ingestion(run))
     data["training"] = _guarded("training", missing, lambda: _training(run))
+    data["label_issues"] = _guarded("label_issues", missing, lambda: findings.label_issues_part(run))
+    data["data_changes"] = _guarded("data_changes", missing, lambda: findings.data_changes_part(run))
     if with_predictions:
         predicted = _guarded("predictions", missing, lambda: _predictions(run, data["ingestion"], keep_images))
         data["predictions"], collected.grid = predicted[:2] if predicted else (None, [])
         collected.mistakes, collected.unsure = predicted[2] if predicted else ([], [])
+        spans = _guarded(
+            "images_per_span",
+            missing,
+            lambda: findings.span_images_and_grid(run, data["label_issues"], keep_images),
+        )
+        data["images_per_span"], collected.flagged = spans if spans else (None, [])
     data["gate"] = _guarded("gate", missing, lambda: _gate(run))
+    data["likely_causes"] = findings.likely_causes(data)
     data["push"] = _push(run, data["gate"])
     data["outcome"] = _outcome(data["push"])
     data["tflite"] = _guarded("tflite", missing, lambda: _tflite(run, data["push"]))

@@ -6,7 +6,8 @@
   phase boundary (as in the TF transfer-learning tutorial);
 * confusion_matrix.png: counts, true class on the rows, predicted class on the columns;
 * eval_grid.png: eval images titled predicted vs. true, wrong ones first and in red;
-* confident_mistakes.png / unsure_correct.png: the most confident mistakes and least confident correct ones.
+* confident_mistakes.png / unsure_correct.png: the most confident mistakes and least confident correct ones;
+* label_issues.png: training images that look mislabelled (components/data_findings.py), most contradicted first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ UNSURE_PNG = "unsure_correct.png"
 FIGURES = (LEARNING_CURVES_PNG, CONFUSION_MATRIX_PNG, EVAL_GRID_PNG)
 # Drawn only when there is something to show (no mistakes: no mistakes figure).
 RANKED_FIGURES = (MISTAKES_PNG, UNSURE_PNG)
+LABEL_ISSUES_PNG = "label_issues.png"
+# Drawn only when the Trainer flagged training images.
+FINDINGS_FIGURES = (LABEL_ISSUES_PNG,)
 
 GRID_COLUMNS = 5
 GRID_ROWS = 5
@@ -64,6 +68,7 @@ def write_figures(collected, out_dir: str) -> Dict[str, str]:
             "predictions",
             lambda p: plot_ranked_images(collected.unsure, p, "Least confident correct predictions"),
         ),
+        LABEL_ISSUES_PNG: (collected.flagged, "label_issues", lambda p: plot_label_issues(collected.flagged, p)),
     }
     status = {}
     for name, (source, section, plot) in plots.items():
@@ -71,6 +76,8 @@ def write_figures(collected, out_dir: str) -> Dict[str, str]:
             status[name] = data["missing"].get(section, "no data")
             if name in RANKED_FIGURES and data.get("predictions"):
                 status[name] = "none"  # nothing to rank: not a missing part
+            if name in FINDINGS_FIGURES and data.get("label_issues"):
+                status[name] = "none"  # nothing flagged
             continue
         try:
             plot(os.path.join(out_dir, name))
@@ -190,6 +197,17 @@ def plot_ranked_images(entries: List[Dict[str, Any]], path: str, title: str) -> 
         predicted = f"{_short(entry['predicted'], 16)} ({entry['probability']:.1%})"
         return f"true: {_short(entry['true'], 16)}\npred: {predicted}"
 
+    return _image_grid(entries, path, title, caption, bold_wrong=False, extra_height=0.4)
+
+
+def plot_label_issues(entries: List[Dict[str, Any]], path: str) -> str:
+    """Training images titled "given: X / looks like: Y (97%)", the most contradicted first."""
+
+    def caption(entry: Dict[str, Any]) -> str:
+        looks_like = f"{_short(entry['predicted'], 12)} ({entry['probability']:.0%})"
+        return f"given: {_short(entry['true'], 16)}\nlooks like: {looks_like}"
+
+    title = "Training images that look mislabelled (out-of-sample probability of the class they look like)"
     return _image_grid(entries, path, title, caption, bold_wrong=False, extra_height=0.4)
 
 

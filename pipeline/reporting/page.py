@@ -5,7 +5,7 @@
 
 Autoescape is on: every value the template prints is HTML-escaped (file paths, class names and reasons come from
 the user's data). This module only adds what a template should not compute: the per-class table (which number
-comes from where) and the flattened settings.
+comes from where), the flattened settings, and the words and per-span rows of the training data's check.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Tuple
 import jinja2
 
 from pipeline.reporting import figures as figure_files
+from pipeline.reporting import findings
 
 TEMPLATE = "report.html.j2"
 _TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -60,6 +61,9 @@ def render_html(data: Dict[str, Any], figures: Dict[str, str]) -> str:
         "accepted_per_split": ", ".join(f"{s} {n}" for s, n in ingestion.get("accepted_per_split", {}).items()),
         "tflite_mode": ((data.get("settings") or {}).get("push") or {}).get("tflite", "off"),
         "settings_rows": settings_rows(data.get("settings") or {}),
+        "findings_text": findings_text(data),
+        "span_rows": span_rows(data),
+        "LABEL_ISSUES_PNG": figure_files.LABEL_ISSUES_PNG,
         "LEARNING_CURVES_PNG": figure_files.LEARNING_CURVES_PNG,
         "CONFUSION_MATRIX_PNG": figure_files.CONFUSION_MATRIX_PNG,
         "EVAL_GRID_PNG": figure_files.EVAL_GRID_PNG,
@@ -105,3 +109,68 @@ def settings_rows(settings: Dict[str, Any]) -> List[Tuple[str, Any]]:
 
     flatten("", settings)
     return rows
+
+
+def findings_text(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The run summary's sentences on the training data (components/data_findings.py words them), for the page."""
+    from components.data_findings import data_changes_text, label_issues_text
+
+    issues = data.get("label_issues")
+    return {
+        "label_issues": label_issues_text(issues) if issues else "",
+        "data_changes": data_changes_text(data.get("data_changes")),
+        "image_changes": findings.image_changes(data),
+    }
+
+
+def span_rows(data: Dict[str, Any]) -> List[Dict[str, str]]:
+    """One row per span read (the training data as a whole without span folders): training images per class in
+    this run and in the served version's data, image formats and sizes, and the class distances of a new span."""
+    from components.data_findings import span_label
+
+    changes = data.get("data_changes") or {}
+    stats = data.get("images_per_span") or {}
+    counts = changes.get("images_per_span") or {}
+    served = changes.get("served_images_per_span") or {}
+    compared = {entry["span"]: entry for entry in changes.get("compared_spans") or []}
+    rows = []
+    for span in list(counts) + [s for s in stats if s not in counts]:
+        image = stats.get(span)
+        rows.append(
+            {
+                "span": span_label(span),
+                "new": ("yes" if span in changes.get("new_spans", []) else "no") if changes.get("compared") else "",
+                "images": _per_class(counts.get(span)),
+                "served": _per_class(served.get(span)) if changes.get("compared") else "",
+                "formats": ", ".join(f"{f} {n}" for f, n in image["formats"].items()) if image else "",
+                "sizes": _sizes(image) if image else "",
+                "distances": _distances(compared.get(span)),
+            }
+        )
+    return rows
+
+
+def _per_class(counts: Any) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items()) if counts else "none"
+
+
+def _sizes(image: Dict[str, Any]) -> str:
+    width, height = image["width"], image["height"]
+    return (
+        f"{width['median']:.0f}x{height['median']:.0f} px ({width['min']}-{width['max']} x "
+        f"{height['min']}-{height['max']}){' (sampled)' if image.get('sampled') else ''}"
+    )
+
+
+def _distances(entry: Any) -> str:
+    if not entry:
+        return ""
+    parts = []
+    for name, c in entry["classes"].items():
+        if c["distance"] is None:
+            parts.append(f"{name}: {c['note'] or 'n/a'}")
+            continue
+        nearest = c["nearest_served_class"]
+        closest = f", closest to '{nearest}'" if nearest and nearest != name else ""
+        parts.append(f"{name} {c['distance']:.2f}{closest}{' (different)' if c['different'] else ''}")
+    return "; ".join(parts)

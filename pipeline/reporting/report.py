@@ -12,6 +12,8 @@ page.py renders templates/report.html.j2. What the page shows:
   * training: eval accuracy after each phase, wall time, learning curves over both phases
   * evaluation: confusion matrix and eval image grid from the exported model's `serving_tf_example` signature,
     per-class precision/F1 on those predictions with the gate's recall, most confident mistakes
+  * the training data: suspected label errors (a grid of the flagged images), what changed since the served
+    version per span (images per class, class distances, image formats and sizes)
   * the gate: blessed or not, what it checked, recall per class and macro recall, the failed thresholds with both
     numbers, the candidate against the served model; what the Pusher did and how the run ended (`outcome`).
 Any part can be missing; the report says what and why, never crashes.
@@ -24,8 +26,9 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.configs import PipelineConfig
+from pipeline.reporting import findings
 from pipeline.reporting.collect import collect
-from pipeline.reporting.figures import FIGURES, RANKED_FIGURES, UNSURE_PNG, write_figures
+from pipeline.reporting.figures import FIGURES, FINDINGS_FIGURES, RANKED_FIGURES, UNSURE_PNG, write_figures
 from pipeline.reporting.page import fmt, render_html
 from pipeline.reporting.predictions import RANKED_IMAGES
 
@@ -65,7 +68,8 @@ def build_report(config: PipelineConfig, out_dir: Optional[str] = None) -> Tuple
     """write_report, also returning the data it wrote (report_data.json), so that a caller needs no second pass."""
     out_dir = out_dir or os.path.join(config.pipeline_root, REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)
-    for name in FIGURES + RANKED_FIGURES + (DATA_FILE,):  # never leave a previous report's figure beside this page
+    # Never leave a previous report's figure beside this page.
+    for name in FIGURES + RANKED_FIGURES + FINDINGS_FIGURES + (DATA_FILE,):
         if os.path.exists(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
     collected = collect(config, with_predictions=True, keep_images=True)
@@ -88,7 +92,8 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def summary_lines(data: Dict[str, Any]) -> List[str]:
-    """A few lines for the end of a run: accepted/quarantined, accuracy per phase, gate decision, push."""
+    """A few lines for the end of a run: accepted/quarantined, accuracy per phase, the check of the training data
+    (findings.py), gate decision (after a refusal, its likely causes), push."""
     missing = data.get("missing", {})
     lines = []
     ingestion = data.get("ingestion")
@@ -111,8 +116,12 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
             lines.append(f"warm start: {training['warm_start']['reason']}")
     else:
         lines.append(f"training: {missing.get('training', 'missing')}")
+    lines += findings.summary_lines(data)
     gate = data.get("gate")
     lines.append(f"gate: {gate['decision']}" if gate else f"gate: {missing.get('gate', 'missing')}")
+    causes = data.get("likely_causes") or []
+    if causes:
+        lines.append(f"likely cause{'s' if len(causes) > 1 else ''}: " + "; ".join(causes))
     push = data.get("push") or {}
     if push.get("pushed"):
         lines.append(f"push: {push['destination']} ({push['reason']})")
