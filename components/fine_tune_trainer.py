@@ -67,6 +67,7 @@ def make_dataset(
     batch_size: int,
     shuffle: bool,
     seed: int,
+    keep_in_memory: bool,
 ) -> tf.data.Dataset:
     """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label)."""
     feature_spec = tf_transform_output.transformed_feature_spec()
@@ -75,9 +76,12 @@ def make_dataset(
     if not paths:
         raise FileNotFoundError(f"no transformed examples match {files}")
     records = tf.data.TFRecordDataset(paths, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
-    # The serialized uint8 images are small (~77 KB at 160 px); keep them in memory instead of re-reading and
-    # un-gzipping the files every epoch.
-    records = records.cache()
+    # End-to-end epochs read every image once per epoch: keep the serialized uint8 images (~77 KB each at
+    # 160 px) in memory rather than re-reading and un-gzipping the files. The cached modes (the defaults) read
+    # them once, to build the feature caches, and a copy in memory would only grow the Trainer with the data:
+    # 2.5 GB of its 6.7 GB peak at 32k images (benchmarks/README.md, "Scaling").
+    if keep_in_memory:
+        records = records.cache()
     if shuffle:
         records = records.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
 
@@ -133,11 +137,12 @@ def run_fn(fn_args: FnArgs) -> None:
     class_names = features.read_class_names(tf_transform_output)
     logging.info("Trainer: %d classes %s, config %s", len(class_names), class_names, cfg)
 
+    in_memory = cfg.reads_images_every_epoch()
     train_ds = make_dataset(
-        fn_args.train_files, tf_transform_output, cfg.image_size, cfg.batch_size, shuffle=True, seed=cfg.seed
+        fn_args.train_files, tf_transform_output, cfg.image_size, cfg.batch_size, True, cfg.seed, in_memory
     )
     eval_ds = make_dataset(
-        fn_args.eval_files, tf_transform_output, cfg.image_size, cfg.batch_size, shuffle=False, seed=cfg.seed
+        fn_args.eval_files, tf_transform_output, cfg.image_size, cfg.batch_size, False, cfg.seed, in_memory
     )
 
     import keras

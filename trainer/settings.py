@@ -167,6 +167,13 @@ class TrainerConfig:
         check(t.drift_threshold, t.drift_threshold > 0, "trainer.drift_threshold", "positive")
         return self
 
+    def reads_images_every_epoch(self) -> bool:
+        """True when a phase trains end to end on the images rather than on the feature caches: only then is
+        the transformed data read more than once (the caches are built in one pass)."""
+        phase1 = self.phase1_mode != "cached_features" and self.phase1_epochs > 0
+        phase2 = self.phase2_mode != "cached_prefix" and self.phase2_epochs > 0
+        return phase1 or phase2
+
     def fine_tune_layer(self) -> int:
         """The base layer index from which phase 2 unfreezes: `fine_tune_at` itself, or that fraction of the
         base's depth (validate() has checked it)."""
