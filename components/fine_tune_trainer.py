@@ -78,8 +78,8 @@ def make_dataset(
     records = tf.data.TFRecordDataset(paths, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
     # End-to-end epochs read every image once per epoch: keep the serialized uint8 images (~77 KB each at
     # 160 px) in memory rather than re-reading and un-gzipping the files. The cached modes (the defaults) read
-    # them once, to build the feature caches, and a copy in memory would only grow the Trainer with the data:
-    # 2.5 GB of its 6.7 GB peak at 32k images (benchmarks/README.md, "Scaling").
+    # them once, to build the feature caches, and a copy in memory would only grow the Trainer with the data
+    # (~2.5 GB at 32k images; the run's peak went from 6.7 to 5.6 GB without it: benchmarks/README.md, "Scaling").
     if keep_in_memory:
         records = records.cache()
     if shuffle:
