@@ -2,22 +2,27 @@
 and class folder, and what changed since the served version. The arithmetic is trainer/label_issues.py; this module
 computes the features, groups by folder, words the findings and writes the files (names: serving/sidecars.py).
 
-The features: one pass of the model's pretrained base (and its pooling) over the un-augmented training images, in
-the order of the Transform output and with each image's `file_name`, before a warm start copies the served
-model's weights in. Not the phase-1 feature cache (trainer/feature_cache.py): that one is built from shuffled
-batches without file names, in several augmented versions, and on a warm start from the served model's fine-tuned
-base. The pretrained base's features never saw these labels, so the heads' probabilities are out of sample, and
-they are one feature space in every run with the same base and image size, warm start or cold, so a served
-version's profile can be compared with a later run's images. The cost is one more forward pass of the frozen base
-over the training images (the feature cache makes `cache_variants` of them, 4 by default), plus a few seconds of
-numpy; the Trainer logs it and records it as `label_issues_s` in training_history.json.
+The features: the model's pretrained base (and its pooling) over the un-augmented training images, in the order
+of the Transform output and with each image's `file_name`. The pretrained base's features never saw these labels,
+so the heads' probabilities are out of sample, and they are one feature space in every run with the same base and
+image size, warm start or cold, so a served version's profile can be compared with a later run's images. Where
+they come from:
+  * a cold start with phase 1 on cached features (the defaults, `examine_cached_features`): the phase-1 feature
+    cache's version 0 (the image itself), which the Trainer builds in file order with file names for this; no
+    extra pass of the base;
+  * otherwise (`examine_training_data`, called before a warm start copies the served weights in, because a warm
+    start's caches come from the served model's fine-tuned base): one pass of the pretrained base of its own,
+    3.8 ms per image at 160 px on a 2-core CPU.
+Plus a few seconds of numpy; the Trainer logs the time and records it as `label_issues_s` in training_history.json
+(label_issues.json says where the features came from: "features_from").
 
 Files (all JSON):
   label_issues.json, in the Model artifact beside training_history.json:
     {"rule", "feature_space", "images", "flagged_count", "flagged_fraction", "folds", "rounds", "dimensions",
      "thresholds": {class: t}, "groups": [{"folder", "span", "class", "images", "flagged",
      "looks_like": {class: n}}] (every class folder, most flagged first), "flagged": [{"file_name", "given",
-     "suggested", "given_probability", "suggested_probability"}] (most contradicted first), "seconds"},
+     "suggested", "given_probability", "suggested_probability"}] (most contradicted first), "features_from",
+     "seconds"},
     or {"error": "..."} when the check could not be made (training goes on).
   data_changes.json, in the Model artifact:
     {"served_version", "compared", "note" (why not compared), "threshold", "min_images", "images_per_span"
@@ -37,7 +42,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -62,6 +67,9 @@ RULE = (
 )
 # How many class folders the summary line names.
 LINE_GROUPS = 2
+# Where the features came from (label_issues.json "features_from").
+FROM_FEATURE_CACHE = "the phase-1 feature cache (cold start: the pretrained base)"
+FROM_OWN_PASS = "a pass of the pretrained base over the training images"
 
 
 @dataclasses.dataclass
@@ -72,6 +80,7 @@ class TrainingFeatures:
     labels: np.ndarray  # int64 [n]
     file_names: List[str]  # relative to the data root: span-3/train/circle/x.png, cats/1.jpg
     seconds: float
+    source: str = FROM_OWN_PASS  # or FROM_FEATURE_CACHE
 
 
 @dataclasses.dataclass
@@ -95,16 +104,56 @@ def examine_training_data(
     served_version: Optional[int],
     served_dir: Optional[str],
 ) -> Optional[Findings]:
-    """Label issues, data changes and this run's feature profile; None when trainer.label_issues is off.
+    """Label issues, data changes and this run's feature profile, from one pass of the base over the training
+    images; None when trainer.label_issues is off.
 
     Call it before a warm start copies the served weights into `model` (the features are the pretrained base's).
     `served_dir`: the served SavedModel (the Trainer's `base_model` input) when a version is served. A failure is
     logged and recorded in label_issues.json: the model still trains."""
     if not cfg.label_issues:
         return None
+    return _examine(
+        cfg,
+        lambda: training_features(model, base, train_files, tf_transform_output, cfg.image_size, cfg.batch_size),
+        class_names,
+        served_version,
+        served_dir,
+    )
+
+
+def examine_cached_features(
+    cfg: TrainerConfig,
+    features: np.ndarray,
+    labels: np.ndarray,
+    file_names: List[str],
+    class_names: List[str],
+    served_version: Optional[int],
+    served_dir: Optional[str],
+) -> Optional[Findings]:
+    """The same findings from the phase-1 feature cache's pooled features of the un-augmented training images
+    (trainer/fine_tune.py `on_pooled_features`), which are these very features on a cold start: no second pass
+    of the base. Only for a cold start (a warm start's caches hold the served model's fine-tuned base)."""
+    if not cfg.label_issues:
+        return None
+    return _examine(
+        cfg,
+        lambda: TrainingFeatures(features, labels, file_names, 0.0, FROM_FEATURE_CACHE),
+        class_names,
+        served_version,
+        served_dir,
+    )
+
+
+def _examine(
+    cfg: TrainerConfig,
+    get_features: Callable[[], TrainingFeatures],
+    class_names: List[str],
+    served_version: Optional[int],
+    served_dir: Optional[str],
+) -> Findings:
     started = time.perf_counter()
     try:
-        data = training_features(model, base, train_files, tf_transform_output, cfg.image_size, cfg.batch_size)
+        data = get_features()
         issues = label_issue_report(data, class_names, cfg)
         checked = time.perf_counter()
         profile = feature_profile(data, class_names, cfg)
@@ -116,6 +165,7 @@ def examine_training_data(
         lines = str(exc).strip().splitlines()
         error = {"error": f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"}
         return Findings(error, None, None, time.perf_counter() - started)
+    issues["features_from"] = data.source
     issues["seconds"] = {
         "features": round(data.seconds, 2),
         "label_issues": round(checked - started - data.seconds, 2),
@@ -162,7 +212,8 @@ def training_features(
     if not chunks:
         raise ValueError(f"no training examples in {train_files}")
     features = np.concatenate(chunks)
-    return TrainingFeatures(features, np.concatenate(labels).astype(np.int64), names, time.perf_counter() - started)
+    labels = np.concatenate(labels).astype(np.int64)
+    return TrainingFeatures(features, labels, names, time.perf_counter() - started)
 
 
 def _named_batches(files: List[str], tf_transform_output, image_size: int, batch_size: int) -> tf.data.Dataset:

@@ -12,11 +12,12 @@ Warm start (trainer.warm_start=auto): the pipeline hands the Trainer the served-
 with the warm epoch settings (trainer/warm_start.py). The decision is written to the export as
 `assets.extra/warm_start.json` ({"from_version": N or null, "reason": "..."}) and into training_history.json.
 
-The check of the training data (trainer.label_issues, components/data_findings.py) runs on the pretrained base
-before a warm start replaces its weights: suspected label errors (`label_issues.json`) and what changed since the
-served version (`data_changes.json`) beside training_history.json, and this run's per-class feature profile in the
-export's `assets.extra/`, so that it travels with the pushed version. Its seconds are `label_issues_s` in the
-history.
+The check of the training data (trainer.label_issues, components/data_findings.py) reads the pretrained base's
+features: on a cold start with cached phase-1 features (the defaults) from the feature cache, which is then built
+in file order with file names; otherwise from a pass of its own before a warm start replaces the base's weights.
+It writes suspected label errors (`label_issues.json`) and what changed since the served version
+(`data_changes.json`) beside training_history.json, and this run's per-class feature profile in the export's
+`assets.extra/`, so that it travels with the pushed version. Its seconds are `label_issues_s` in the history.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     keep_in_memory: bool,
+    with_file_names: bool = False,
 ) -> tf.data.Dataset:
-    """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label)."""
+    """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label), plus each image's file
+    name (bytes) when `with_file_names`."""
     feature_spec = tf_transform_output.transformed_feature_spec()
     # TFX hands over file patterns (".../Split-train/*"); sorted for a reproducible order.
     paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
@@ -88,6 +91,8 @@ def make_dataset(
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, feature_spec)
         images = features.parse_images(parsed[features.TRANSFORMED_IMAGE_KEY], image_size)
+        if with_file_names:
+            return images, parsed[features.LABEL_KEY], parsed[features.FILE_NAME_KEY]
         return images, parsed[features.LABEL_KEY]
 
     return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -155,17 +160,6 @@ def run_fn(fn_args: FnArgs) -> None:
     started = time.time()
     with distribution_strategy(cfg).scope():
         model, base = build_model(cfg, num_classes=len(class_names))
-        # Before a warm start copies the served weights in: the check reads the pretrained base's features.
-        findings = data_findings.examine_training_data(
-            cfg,
-            model,
-            base,
-            fn_args.train_files,
-            tf_transform_output,
-            class_names,
-            served_version,
-            served_dir,
-        )
         reason, served = warm.cold_reason(
             cfg,
             class_names,
@@ -173,6 +167,36 @@ def run_fn(fn_args: FnArgs) -> None:
             served_labels,
             sidecars.keras_model_path(served_dir) if served_dir else None,
         )
+        # The check of the training data reads the pretrained base's features. On a cold start with cached phase-1
+        # features (the defaults) the feature cache already holds them: built in file order with file names, it
+        # hands them over once built. Otherwise (a warm start's caches come from the served model's fine-tuned
+        # base) the check runs its own pass now, before the served weights are copied in.
+        from_cache = cfg.label_issues and served is None and cfg.caches_pooled_features()
+        findings_of_cache: List[data_findings.Findings] = []
+        cache_train_ds, on_pooled_features = None, None
+        if from_cache:
+            cache_train_ds = make_dataset(
+                fn_args.train_files,
+                tf_transform_output,
+                cfg.image_size,
+                cfg.batch_size,
+                shuffle=False,  # the caches shuffle per epoch; the check needs the file order
+                seed=cfg.seed,
+                keep_in_memory=False,  # read once
+                with_file_names=True,
+            )
+
+            def on_pooled_features(pooled, labels, file_names):
+                found = data_findings.examine_cached_features(
+                    cfg, pooled, labels, file_names, class_names, served_version, served_dir
+                )
+                findings_of_cache.extend([found] if found else [])
+
+            findings = None
+        else:
+            findings = data_findings.examine_training_data(
+                cfg, model, base, fn_args.train_files, tf_transform_output, class_names, served_version, served_dir
+            )
         if served is not None:
             warm.copy_weights(served, model)
             cfg = warm.warm_config(cfg)
@@ -180,8 +204,18 @@ def run_fn(fn_args: FnArgs) -> None:
         logging.info("Trainer: %s", warm_start["reason"])
         tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))
         history = train_two_phase(
-            model, base, train_ds, eval_ds, cfg, callbacks=[tensorboard], work_dir=cache_spill_root(fn_args)
+            model,
+            base,
+            train_ds,
+            eval_ds,
+            cfg,
+            callbacks=[tensorboard],
+            work_dir=cache_spill_root(fn_args),
+            cache_train_ds=cache_train_ds,
+            on_pooled_features=on_pooled_features,
         )
+        if from_cache:
+            findings = findings_of_cache[0] if findings_of_cache else None
     history["train_wall_s"] = time.time() - started
     history["class_names"] = class_names
     # The settings in effect (run parameters included), for the pushed version's record: as configured, before a

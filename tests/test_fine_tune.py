@@ -438,6 +438,60 @@ def test_over_budget_caches_spill_to_disk_and_train_the_same(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_caches_hand_over_the_untrained_bases_pooled_features_of_the_named_images():
+    """run_fn's cold start: the caches are built from the training data in file order with file names, and the
+    check of the training data gets the pooled features of the un-augmented images from them, computed by the base
+    as it was before training (the pretrained one), not by a second pass."""
+    from trainer.sub_models import POOLED, extractor
+
+    cfg = _config(
+        phase1_mode="cached_features",
+        phase2_mode="cached_prefix",
+        phase1_epochs=2,
+        phase2_epochs=2,
+        fine_tune_at=4,
+        cache_variants=2,
+        batch_size=8,
+    )
+    keras.utils.set_random_seed(0)
+    model, base = build_model(cfg, 2, base_override=_tiny_base())
+    images, labels = _random_data(20, 32, seed=1)
+    names = [f"span-1/train/c{label}/{i:02d}.png" for i, label in enumerate(labels)]
+    before = extractor(model, base, [POOLED], None)(images.astype("float32"), training=False)[POOLED].numpy()
+    named = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels.astype("int64"), names)).batch(8)
+    handed = []
+    history = train_two_phase(
+        model,
+        base,
+        _dataset(images, labels),
+        _dataset(images, labels),
+        cfg,
+        verbose=0,
+        cache_train_ds=named,
+        on_pooled_features=lambda *plain: handed.append(plain),
+    )
+    ((features, got_labels, got_names),) = handed
+    assert got_names == names and got_labels.tolist() == labels.tolist() and features.dtype == np.float32
+    np.testing.assert_allclose(features, before, rtol=1e-5, atol=1e-5)
+    after = extractor(model, base, [POOLED], None)(images.astype("float32"), training=False)[POOLED].numpy()
+    assert not np.allclose(after, before)  # phase 2 changed the base: the features had to be taken before
+    assert history["cache"]["bytes"]["train_pooled"] > 0
+
+    # No pooled cache (phase 1 without epochs): nothing to hand over, the caller runs its own pass.
+    handed.clear()
+    model, base = build_model(_config(phase1_epochs=0, phase2_epochs=1, fine_tune_at=4), 2, base_override=_tiny_base())
+    train_two_phase(
+        model,
+        base,
+        _dataset(images, labels),
+        None,
+        _config(phase1_epochs=0, phase2_epochs=1, fine_tune_at=4),
+        cache_train_ds=named,
+        on_pooled_features=lambda *plain: handed.append(plain),
+    )
+    assert handed == [] and not _config(phase1_epochs=0).caches_pooled_features()
+
+
 def test_phase1_without_epochs_goes_straight_to_fine_tuning():
     history, model = _tiny_run(phase1_epochs=0)
     assert history["phase"] == [2, 2] and history["phase2_start_epoch"] == 0

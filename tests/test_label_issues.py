@@ -667,6 +667,42 @@ def test_the_trainer_pass_keeps_file_order_and_writes_the_three_files(tmp_path):
         "weights": "none",
         "features": "pooled output of the pretrained base, before any fine-tuning",
     }
+    assert found.label_issues["features_from"] == df.FROM_OWN_PASS
+
+    # A cold start with cached phase-1 features: the feature cache, built in file order with file names, hands the
+    # same features over (version 0, the image itself) and the findings are the same, with no pass of their own.
+    from components.fine_tune_trainer import make_dataset
+    from trainer.feature_cache import FeatureCaches
+
+    named = make_dataset([shard], _TransformOutput(), size, 8, False, 0, False, with_file_names=True)
+    caches = FeatureCaches.build(
+        model, base, named, None, pooled=True, cut=None, variants=2, max_bytes=2**30, spill_dir=str(tmp_path)
+    )
+    pooled, cached_labels, cached_names = caches.plain_pooled()
+    assert cached_names == data.file_names and cached_labels.tolist() == data.labels.tolist()
+    np.testing.assert_allclose(pooled, data.features, rtol=1e-5, atol=1e-4)
+    from_cache = df.examine_cached_features(cfg, pooled, cached_labels, cached_names, CLASSES, 3, served_dir)
+    assert from_cache.label_issues["features_from"] == df.FROM_FEATURE_CACHE
+    assert from_cache.label_issues["seconds"]["features"] == 0.0
+    for key in ("images", "flagged_count", "groups", "thresholds"):
+        assert from_cache.label_issues[key] == found.label_issues[key], key
+    assert from_cache.data_changes["compared_spans"] == found.data_changes["compared_spans"]
+    # Spilled to files (a budget of 0 bytes), the same rows come back.
+    spilled = FeatureCaches.build(
+        model, base, named, None, pooled=True, cut=None, variants=1, max_bytes=0, spill_dir=str(tmp_path)
+    )
+    assert spilled.on_disk_bytes() > 0
+    np.testing.assert_array_equal(spilled.plain_pooled()[0], pooled)
+    spilled.close()
+    # Without file names (the shuffled training batches), nothing to hand over.
+    unnamed = make_dataset([shard], _TransformOutput(), size, 8, True, 0, False)
+    assert (
+        FeatureCaches.build(
+            model, base, unnamed, None, pooled=True, cut=None, variants=1, max_bytes=2**30, spill_dir=str(tmp_path)
+        ).plain_pooled()
+        is None
+    )
+
     model_root = str(tmp_path / "model")
     df.write_findings(found, model_root, os.path.join(model_root, "Format-Serving"))
     assert sidecars.read_label_issues(model_root)["flagged_count"] == 0
@@ -837,12 +873,17 @@ def test_clean_spans_are_not_flagged_and_the_profile_is_pushed(spans_run):
     # The cost, in the history: printed for the record, bounded loosely (the target is 10 % of the Trainer).
     print(f"label issues: {history['label_issues_s']:.1f} s of {history['train_wall_s']:.1f} s of training")
     assert 0 < history["label_issues_s"] < 0.3 * history["train_wall_s"]
+    # A cold start: the features came from the phase-1 feature cache, without a pass of their own.
+    assert issues["features_from"] == df.FROM_FEATURE_CACHE and issues["seconds"]["features"] == 0.0
 
 
 @pytest.mark.slow
 def test_swapped_folders_are_flagged_and_named_as_the_likely_cause(spans_run):
     _, _, _, second, issues, changes, swapped, _ = spans_run
     assert second.returncode == 4, second.stdout[-3000:] + second.stderr[-5000:]
+    # A warm start (version 1 has the same labels): its caches hold the served model's fine-tuned base, so the check
+    # ran its own pass of the pretrained base, before the served weights were copied in.
+    assert issues["features_from"] == df.FROM_OWN_PASS and issues["seconds"]["features"] > 0
     flagged = {entry["file_name"] for entry in issues["flagged"]}
     assert len(flagged & swapped) >= 0.8 * len(swapped), (len(flagged & swapped), len(swapped))
     lines = second.stdout.splitlines()

@@ -50,12 +50,14 @@ class FeatureCaches:
     Training versions: 0 is the image, 1 its horizontal flip, 2.. random draws of the model's own augmentation
     layers (flip + rotation). `train[name]` is the list of per-version arrays, `eval[name]` one array; names:
     POOLED and PREFIX (see the module docstring). An array is a numpy array in memory or, once the caches would
-    exceed their memory budget, a `DiskArray` (same rows, read from a file on demand).
+    exceed their memory budget, a `DiskArray` (same rows, read from a file on demand). `train_names`: each
+    training row's file name, when the training data carried them (batches of (images, labels, file names)).
     """
 
     def __init__(self):
         self.train: Dict[str, List[Any]] = {}
         self.train_labels: Optional[np.ndarray] = None
+        self.train_names: Optional[List[str]] = None
         self.eval: Dict[str, Any] = {}
         self.eval_labels: Optional[np.ndarray] = None
 
@@ -82,12 +84,12 @@ class FeatureCaches:
             return caches
         run = extractor(model, base, names, cut)
         budget = SpillBudget(max_bytes, spill_dir)
-        train, caches.train_labels = _run_extractor(
+        train, caches.train_labels, caches.train_names = _run_extractor(
             run, train_ds, names, variants, _augmentation_layers(model), budget, "train"
         )
         evals = None
         if eval_ds is not None:
-            evals, caches.eval_labels = _run_extractor(run, eval_ds, names, 1, [], budget, "eval")
+            evals, caches.eval_labels, _ = _run_extractor(run, eval_ds, names, 1, [], budget, "eval")
         # Joined only now: a cache joined in memory before the eval pass could not spill any more.
         caches.train = {name: [writer.finish() for writer in writers] for name, writers in train.items()}
         if evals is not None:
@@ -117,6 +119,15 @@ class FeatureCaches:
 
     def feature_shape(self, name: str) -> Tuple[int, ...]:
         return tuple(self.train[name][0].shape[1:])
+
+    def plain_pooled(self) -> Optional[Tuple[np.ndarray, np.ndarray, List[str]]]:
+        """(float32 [n, d] pooled features of the un-augmented training images, labels, file names), in the
+        training data's order; None unless POOLED is cached and the training data carried file names."""
+        if POOLED not in self.train or self.train_names is None:
+            return None
+        plain = self.train[POOLED][0]  # version 0: the image itself
+        features = np.asarray(plain[0 : len(plain)], dtype=np.float32)  # a DiskArray reads its rows here
+        return features, self.train_labels.astype(np.int64), list(self.train_names)
 
     def batches(self, name: str, cfg: TrainerConfig) -> CachedBatches:
         """Shuffled training batches of cache `name`, one cached version per example and epoch."""
@@ -260,7 +271,8 @@ def _run_extractor(
     budget: SpillBudget,
     split: str,
 ):
-    """Per name, a list of `variants` writers (one per version of the images, see `FeatureCaches`), and labels."""
+    """Per name, a list of `variants` writers (one per version of the images, see `FeatureCaches`), labels, and
+    file names when the batches carry them ((images, labels, file names); else None)."""
 
     @tf.function(reduce_retracing=True)
     def extract(images):
@@ -274,13 +286,16 @@ def _run_extractor(
         return [run(version, training=False) for version in versions]
 
     writers = {name: [budget.writer(f"{split}_{name}_{v}") for v in range(variants)] for name in names}
-    labels = []
-    for images, batch_labels in dataset:
+    labels, file_names = [], []
+    for batch in dataset:
+        images, batch_labels = batch[0], batch[1]
         for version, values in enumerate(extract(images)):
             for name in names:
                 writers[name][version].append(values[name].numpy())
         labels.append(np.asarray(batch_labels).reshape(-1))
-    return writers, np.concatenate(labels).astype(np.int32)
+        if len(batch) > 2:
+            file_names.extend(n.decode("utf-8", "replace") for n in np.asarray(batch[2]).reshape(-1))
+    return writers, np.concatenate(labels).astype(np.int32), (file_names or None)
 
 
 class CachedBatches(keras.utils.PyDataset):

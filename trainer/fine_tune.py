@@ -31,9 +31,10 @@ import dataclasses
 import logging
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from trainer.class_weights import training_class_weights
@@ -173,6 +174,8 @@ def train_two_phase(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     work_dir: Optional[str] = None,
+    cache_train_ds: Optional[tf.data.Dataset] = None,
+    on_pooled_features: Optional[Callable[[np.ndarray, np.ndarray, List[str]], None]] = None,
 ) -> Dict[str, Any]:
     """Phase 1 (frozen base, new head) then phase 2 (top of the base unfrozen, lower learning rate).
 
@@ -181,6 +184,12 @@ def train_two_phase(
     `callbacks` are passed to every `fit`; in cached modes they see the model being fitted there (the head,
     or the sub-model above the cut), not `model`. `work_dir`: where feature caches over `cfg.cache_max_mb`
     spill to (a temporary folder inside it, removed at the end; default: the system's temporary folder).
+    `cache_train_ds`: the training data the caches are built from, when not `train_ds` (the caches shuffle per
+    epoch themselves, so it may be in file order); batches of (images, labels, file names) let
+    `on_pooled_features(features, labels, file_names)` be called once the caches exist, with the pooled
+    features of the un-augmented training images (only when POOLED is cached: `cfg.caches_pooled_features()`).
+    Those are the features of the base as it is when this is called: the pretrained one unless weights were
+    copied in before (a warm start).
 
     Returns a JSON-serialisable history (see `TrainingHistory.as_dict`).
     """
@@ -201,15 +210,18 @@ def train_two_phase(
         caches = FeatureCaches.build(
             model,
             base,
-            train_ds,
+            cache_train_ds if cache_train_ds is not None else train_ds,
             eval_ds,
-            pooled=cfg.phase1_mode == "cached_features" and cfg.phase1_epochs > 0,
+            pooled=cfg.caches_pooled_features(),
             cut=cut,
             variants=cache_variants(cfg),
             max_bytes=int(cfg.cache_max_mb) * 2**20,
             spill_dir=spill_dir.name,
         )
         history.cache_info(caches, cut, time.perf_counter() - started)
+        plain = caches.plain_pooled() if on_pooled_features is not None else None
+        if plain is not None:
+            on_pooled_features(*plain)
         history.class_weighting, class_weight = training_class_weights(caches.train_labels, train_ds, num_classes, cfg)
         run = _Run(
             model=model,

@@ -174,6 +174,13 @@ class TrainerConfig:
         phase2 = self.phase2_mode != "cached_prefix" and self.phase2_epochs > 0
         return phase1 or phase2
 
+    def caches_pooled_features(self) -> bool:
+        """True when phase 1 trains on cached pooled features (the default): the caches then hold the pretrained
+        base's pooled output of every un-augmented training image (version 0), which the check of the training
+        data can read instead of running the base once more (on a cold start, when the base is still the
+        pretrained one)."""
+        return self.phase1_mode == "cached_features" and self.phase1_epochs > 0
+
     def fine_tune_layer(self) -> int:
         """The base layer index from which phase 2 unfreezes: `fine_tune_at` itself, or that fraction of the
         base's depth (validate() has checked it)."""
