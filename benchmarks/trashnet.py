@@ -87,6 +87,9 @@ def run_seed(args, data_dir: str, work: str, seed: int, default_seed: int) -> Di
         "class_weighting": history.get("class_weighting"),
         "training_modes": history.get("modes"),
         "cache": history.get("cache"),
+        # The check of the training data (label issues, data changes), and the Trainer's training function.
+        "label_issues_s": history.get("label_issues_s"),
+        "train_wall_s": history.get("train_wall_s"),
         "evaluator_accuracy": data["gate"]["candidate_accuracy"],
         "blessed": data["gate"]["blessed"],
         "wall_s": measured["wall_s"],
