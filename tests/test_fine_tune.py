@@ -398,18 +398,15 @@ def test_settings_catalogue_matches_the_bases_the_trainer_builds(name):
     assert len(base.layers) == BASE_MODEL_LAYERS[name]
 
 
+# Both phases on the tiny base, cached modes, 2 versions per image (no random augmentation draws).
+TINY_CACHED = dict(
+    phase1_mode="cached_features", phase2_mode="cached_prefix", fine_tune_at=4, cache_variants=2, batch_size=8
+)
+
+
 def _tiny_run(seed=0, n=24, labels=None, work_dir=None, **overrides):
     """Both phases on the tiny base, cached modes, 2 versions per image (no random augmentation draws)."""
-    settings = dict(
-        phase1_mode="cached_features",
-        phase2_mode="cached_prefix",
-        phase1_epochs=2,
-        phase2_epochs=2,
-        fine_tune_at=4,
-        cache_variants=2,
-        batch_size=8,
-    )
-    cfg = _config(**{**settings, **overrides})
+    cfg = _config(**{**TINY_CACHED, **overrides})
     keras.utils.set_random_seed(seed)
     model, base = build_model(cfg, 2, base_override=_tiny_base())
     images, random_labels = _random_data(n, 32, seed=1)
@@ -444,15 +441,7 @@ def test_the_caches_hand_over_the_untrained_bases_pooled_features_of_the_named_i
     as it was before training (the pretrained one), not by a second pass."""
     from trainer.sub_models import POOLED, extractor
 
-    cfg = _config(
-        phase1_mode="cached_features",
-        phase2_mode="cached_prefix",
-        phase1_epochs=2,
-        phase2_epochs=2,
-        fine_tune_at=4,
-        cache_variants=2,
-        batch_size=8,
-    )
+    cfg = _config(**TINY_CACHED)
     keras.utils.set_random_seed(0)
     model, base = build_model(cfg, 2, base_override=_tiny_base())
     images, labels = _random_data(20, 32, seed=1)
@@ -479,17 +468,12 @@ def test_the_caches_hand_over_the_untrained_bases_pooled_features_of_the_named_i
 
     # No pooled cache (phase 1 without epochs): nothing to hand over, the caller runs its own pass.
     handed.clear()
-    model, base = build_model(_config(phase1_epochs=0, phase2_epochs=1, fine_tune_at=4), 2, base_override=_tiny_base())
+    no_phase1 = _config(**{**TINY_CACHED, "phase1_epochs": 0})
+    model, base = build_model(no_phase1, 2, base_override=_tiny_base())
     train_two_phase(
-        model,
-        base,
-        _dataset(images, labels),
-        None,
-        _config(phase1_epochs=0, phase2_epochs=1, fine_tune_at=4),
-        cache_train_ds=named,
-        on_pooled_features=lambda *plain: handed.append(plain),
+        model, base, _dataset(images, labels), None, no_phase1, cache_train_ds=named, on_pooled_features=handed.append
     )
-    assert handed == [] and not _config(phase1_epochs=0).caches_pooled_features()
+    assert handed == [] and not no_phase1.caches_pooled_features()
 
 
 def test_phase1_without_epochs_goes_straight_to_fine_tuning():
