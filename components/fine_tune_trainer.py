@@ -170,8 +170,10 @@ def run_fn(fn_args: FnArgs) -> None:
         # The check of the training data reads the pretrained base's features. On a cold start with cached phase-1
         # features (the defaults) the feature cache already holds them: built in file order with file names, it
         # hands them over once built. Otherwise (a warm start's caches come from the served model's fine-tuned
-        # base) the check runs its own pass now, before the served weights are copied in.
-        from_cache = cfg.label_issues and served is None and cfg.caches_pooled_features()
+        # base, and examples without file names cannot be grouped by folder: its own pass then records why) the
+        # check runs its own pass now, before the served weights are copied in.
+        named = features.FILE_NAME_KEY in tf_transform_output.transformed_feature_spec()
+        from_cache = cfg.label_issues and served is None and cfg.caches_pooled_features() and named
         findings_of_cache: List[data_findings.Findings] = []
         cache_train_ds, on_pooled_features = None, None
         if from_cache:
