@@ -46,7 +46,7 @@ COMMON = [
     # Overall thresholds loose enough that only the per-class gate can refuse the relabelled run.
     "eval.accuracy_floor=0.5",
     "eval.max_accuracy_drop=0.4",
-    # Measured on this data: the first model's weakest class recall was 0.5, the relabelled class 0.0.
+    # Measured on this data: the first model's weakest class recall was 0.5, the relabelled class 0.0 to 0.7.
     "eval.class_recall_floor=0.3",
     "eval.max_class_recall_drop=0.2",
     f"eval.min_class_examples={EVAL_PER_CLASS}",
@@ -148,10 +148,17 @@ def test_relabelled_class_is_refused_by_name_and_nothing_changes(relabelled_run,
     assert RELABELLED in {f["class"] for f in gate["failures"]}, gate["failures"]
     assert all(f["class"] for f in gate["failures"])  # the overall thresholds alone would have passed
     assert gate["accuracy"] >= 0.5 and gate["change_thresholds_used"]
+    # Refused on the relabelled class: below the floor (0.3), or more than max_class_recall_drop (0.2) below the
+    # served model's recall on it. Which of the two fires depends on the training's random path: with 2 training
+    # images left, and class weighting lifting them, its recall has come out anywhere from 0.0 to 0.7.
     recall = gate["classes"][RELABELLED]
-    assert recall["recall"] < 0.3 <= recall["baseline_recall"]
+    assert recall["baseline_recall"] >= 0.3 and recall["recall"] < recall["baseline_recall"] - 0.2, recall
     # The summary names the metric, the class and both numbers (recall and the floor, or recall and served recall).
-    assert f"class '{RELABELLED}' recall {recall['recall']:.3f} is below the floor 0.300" in gate_line
+    if recall["recall"] < 0.3:
+        assert f"class '{RELABELLED}' recall {recall['recall']:.3f} is below the floor 0.300" in gate_line
+    else:
+        served_text = f"vs {recall['baseline_recall']:.3f} on the served model (version 1)"
+        assert f"class '{RELABELLED}' recall {recall['recall']:.3f} {served_text}" in gate_line
     for failure in gate["failures"]:
         assert failure["text"] in gate_line
         if failure["kind"] == "change":
