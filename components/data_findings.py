@@ -205,7 +205,7 @@ def training_features(
         return run(images, training=False)[POOLED]
 
     chunks, labels, names = [], [], []
-    for images, batch_labels, batch_names in _named_batches(train_files, tf_transform_output, image_size, batch_size):
+    for images, batch_labels, batch_names in named_batches(train_files, tf_transform_output, image_size, batch_size):
         chunks.append(np.asarray(pooled(images), dtype=np.float32))
         labels.append(np.asarray(batch_labels).reshape(-1))
         names.extend(name.decode("utf-8", "replace") for name in np.asarray(batch_names).reshape(-1))
@@ -216,8 +216,10 @@ def training_features(
     return TrainingFeatures(features, labels, names, time.perf_counter() - started)
 
 
-def _named_batches(files: List[str], tf_transform_output, image_size: int, batch_size: int) -> tf.data.Dataset:
-    """Transformed training examples in file order: (images float32 [0, 255], labels, file names)."""
+def named_batches(files: List[str], tf_transform_output, image_size: int, batch_size: int) -> tf.data.Dataset:
+    """Transformed training examples in file order: (images float32 [0, 255], labels, file names). The check's
+    own pass reads them; on a cold start the Trainer builds its feature caches from them instead, and the check
+    takes the features from there (`examine_cached_features`)."""
     spec = tf_transform_output.transformed_feature_spec()
     paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
     records = tf.data.TFRecordDataset(paths, compression_type="GZIP")

@@ -69,10 +69,8 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     keep_in_memory: bool,
-    with_file_names: bool = False,
 ) -> tf.data.Dataset:
-    """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label), plus each image's file
-    name (bytes) when `with_file_names`."""
+    """Transformed examples -> batches of (float32 [S, S, 3] in [0, 255], int64 label)."""
     feature_spec = tf_transform_output.transformed_feature_spec()
     # TFX hands over file patterns (".../Split-train/*"); sorted for a reproducible order.
     paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
@@ -91,8 +89,6 @@ def make_dataset(
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, feature_spec)
         images = features.parse_images(parsed[features.TRANSFORMED_IMAGE_KEY], image_size)
-        if with_file_names:
-            return images, parsed[features.LABEL_KEY], parsed[features.FILE_NAME_KEY]
         return images, parsed[features.LABEL_KEY]
 
     return records.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -177,15 +173,9 @@ def run_fn(fn_args: FnArgs) -> None:
         findings_of_cache: List[data_findings.Findings] = []
         cache_train_ds, on_pooled_features = None, None
         if from_cache:
-            cache_train_ds = make_dataset(
-                fn_args.train_files,
-                tf_transform_output,
-                cfg.image_size,
-                cfg.batch_size,
-                shuffle=False,  # the caches shuffle per epoch; the check needs the file order
-                seed=cfg.seed,
-                keep_in_memory=False,  # read once
-                with_file_names=True,
+            # In file order with file names (the caches shuffle per epoch themselves).
+            cache_train_ds = data_findings.named_batches(
+                fn_args.train_files, tf_transform_output, cfg.image_size, cfg.batch_size
             )
 
             def on_pooled_features(pooled, labels, file_names):

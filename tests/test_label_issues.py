@@ -674,7 +674,7 @@ def test_the_trainer_pass_keeps_file_order_and_writes_the_three_files(tmp_path):
     from components.fine_tune_trainer import make_dataset
     from trainer.feature_cache import FeatureCaches
 
-    named = make_dataset([shard], _TransformOutput(), size, 8, False, 0, False, with_file_names=True)
+    named = df.named_batches([shard], _TransformOutput(), size, 8)
     caches = FeatureCaches.build(
         model, base, named, None, pooled=True, cut=None, variants=2, max_bytes=2**30, spill_dir=str(tmp_path)
     )
