@@ -217,9 +217,10 @@ def training_features(
 
 
 def named_batches(files: List[str], tf_transform_output, image_size: int, batch_size: int) -> tf.data.Dataset:
-    """Transformed training examples in file order: (images float32 [0, 255], labels, file names). The check's
-    own pass reads them; on a cold start the Trainer builds its feature caches from them instead, and the check
-    takes the features from there (`examine_cached_features`)."""
+    """Transformed examples in file order: (images float32 [0, 255], labels, file names). The check's own pass
+    reads the training split so; on a cold start the Trainer builds its feature caches from them instead, and the
+    check takes the features from there (`examine_cached_features`). The Trainer reads the eval split so too, for
+    its predictions by file name (trainer/eval_predictions.py)."""
     spec = tf_transform_output.transformed_feature_spec()
     paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
     records = tf.data.TFRecordDataset(paths, compression_type="GZIP")

@@ -18,6 +18,10 @@ in file order with file names; otherwise from a pass of its own before a warm st
 It writes suspected label errors (`label_issues.json`) and what changed since the served version
 (`data_changes.json`) beside training_history.json, and this run's per-class feature profile in the export's
 `assets.extra/`, so that it travels with the pushed version. Its seconds are `label_issues_s` in the history.
+
+`eval_predictions.json` (beside training_history.json): the trained model's class probabilities for every eval
+image by file name (trainer/eval_predictions.py), from which the run report draws its confusion matrix and
+mistakes instead of running the exported model over the eval split once more.
 """
 
 from __future__ import annotations
@@ -195,6 +199,13 @@ def run_fn(fn_args: FnArgs) -> None:
         warm_start = warm.describe(served_version, reason)
         logging.info("Trainer: %s", warm_start["reason"])
         tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs"))
+        # The trained model's predictions for every eval image, by file name, for the run report (the report no
+        # longer runs the exported model over the eval split itself). Needs examples that carry file names.
+        named_eval_ds, recorded = None, []
+        if named:
+            named_eval_ds = data_findings.named_batches(
+                fn_args.eval_files, tf_transform_output, cfg.image_size, cfg.batch_size
+            )
         history = train_two_phase(
             model,
             base,
@@ -205,6 +216,8 @@ def run_fn(fn_args: FnArgs) -> None:
             work_dir=cache_spill_root(fn_args),
             cache_train_ds=cache_train_ds,
             on_pooled_features=on_pooled_features,
+            named_eval_ds=named_eval_ds,
+            on_eval_predictions=recorded.append,
         )
         if from_cache:
             findings = findings_of_cache[0] if findings_of_cache else None
@@ -232,12 +245,13 @@ def run_fn(fn_args: FnArgs) -> None:
         history["tflite"] = export_tflite(
             model, tflite["mode"], cfg.image_size, train_ds, eval_ds, float(tflite["max_accuracy_drop"]), export_dir
         )
-    write_model_files(
-        os.path.dirname(export_dir.rstrip("/")), export_dir, fn_args.model_run_dir, history, class_names, model
-    )
+    model_root = os.path.dirname(export_dir.rstrip("/"))
+    write_model_files(model_root, export_dir, fn_args.model_run_dir, history, class_names, model)
+    if recorded:
+        sidecars.write_eval_predictions(model_root, recorded[0].as_dict(class_names))
     sidecars.write_warm_start(export_dir, warm_start)
     if findings:
-        data_findings.write_findings(findings, os.path.dirname(export_dir.rstrip("/")), export_dir)
+        data_findings.write_findings(findings, model_root, export_dir)
     logging.info("Trainer: exported to %s; final eval accuracy per phase %s", export_dir, history.get("final_accuracy"))
 
 

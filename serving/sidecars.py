@@ -20,6 +20,8 @@ data_changes.json      <Model artifact>/ (beside Format-Serving)  Trainer       
 feature_profile.json   <SavedModel>/assets.extra/                Trainer          Trainer (the next run's
                                                                                    data_changes.json)
                        (keys of all three: components/data_findings.py)
+eval_predictions.json  <Model artifact>/ (beside Format-Serving)  Trainer          report
+                       (keys: trainer/eval_predictions.py)
 
 Local paths are read with Python's own file functions, so that commands that only read records (`ftune
 versions`, `rollback`) start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio.
@@ -78,6 +80,8 @@ REFUSED_ATTEMPT_FILE = "refused_attempt.json"
 LABEL_ISSUES_FILE = "label_issues.json"
 DATA_CHANGES_FILE = "data_changes.json"
 FEATURE_PROFILE_FILE = "feature_profile.json"
+# The trained model's class probabilities for every eval image, by file name (trainer/eval_predictions.py).
+EVAL_PREDICTIONS_FILE = "eval_predictions.json"
 # The SavedModel's folder inside a TFX Model artifact (tfx.utils.path_utils.serving_model_path names it too;
 # it is spelled here so that readers need not import TFX).
 SERVING_MODEL_DIR = "Format-Serving"
@@ -331,3 +335,21 @@ def read_feature_profile(saved_model_dir: str) -> Optional[Dict[str, Any]]:
 def write_feature_profile(saved_model_dir: str, profile: Dict[str, Any]) -> str:
     # Compact: the profile holds a mean vector per class (1280 numbers for MobileNetV2).
     return _write_text(os.path.join(assets_extra(saved_model_dir), FEATURE_PROFILE_FILE), json.dumps(profile))
+
+
+# --- eval_predictions.json: the trained model's predictions for the eval split (keys: trainer/eval_predictions.py) --
+
+
+def eval_predictions_path(model_uri: str) -> str:
+    return os.path.join(model_uri, EVAL_PREDICTIONS_FILE)
+
+
+def read_eval_predictions(model_uri: str) -> Optional[Dict[str, Any]]:
+    """Class probabilities, labels and file names of every eval image; None when absent (the examples carried no
+    file names, or a model trained by an older ftune)."""
+    return _read_json(eval_predictions_path(model_uri))
+
+
+def write_eval_predictions(model_uri: str, predictions: Dict[str, Any]) -> str:
+    # Compact: a row of probabilities per eval image.
+    return _write_text(eval_predictions_path(model_uri), json.dumps(predictions))

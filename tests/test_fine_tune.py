@@ -13,6 +13,7 @@ import tensorflow as tf
 from conftest import pretrained_weights_path
 
 from pipeline.configs import BASE_MODEL_LAYERS, ConfigError, TrainerConfig, load_config
+from trainer import eval_predictions
 from trainer import weights as weights_mod
 from trainer.class_weights import class_weighting
 from trainer.feature_cache import CachedBatches, FeatureCaches
@@ -474,6 +475,44 @@ def test_the_caches_hand_over_the_untrained_bases_pooled_features_of_the_named_i
         model, base, _dataset(images, labels), None, no_phase1, cache_train_ds=named, on_pooled_features=handed.append
     )
     assert handed == [] and not no_phase1.caches_pooled_features()
+
+
+@pytest.mark.parametrize(
+    "modes, budget_mb, source",
+    [
+        (CACHED, 2048, eval_predictions.FROM_EVAL_CACHE),
+        (CACHED, 0, eval_predictions.FROM_EVAL_CACHE),  # the eval cache spilled to disk, read back in order
+        (END_TO_END, 2048, eval_predictions.FROM_EVAL_IMAGES),
+    ],
+    ids=["cached", "cached_on_disk", "end_to_end"],
+)
+def test_the_eval_predictions_are_the_trained_models_own_by_file_name(tmp_path, modes, budget_mb, source):
+    """What the run report shows instead of running the exported model once more: for every eval image, by file
+    name and with its label, the probabilities the trained end-to-end model gives it. From the eval cache in the
+    cached modes (the layers above the cut only), from the images end to end; the same numbers either way."""
+    cfg = _config(**{**TINY_CACHED, "phase1_mode": modes[0], "phase2_mode": modes[1], "cache_max_mb": budget_mb})
+    keras.utils.set_random_seed(0)
+    model, base = build_model(cfg, 2, base_override=_tiny_base())
+    images, labels = _random_data(20, 32, seed=2)
+    names = [f"validation/c{label}/{i:02d}.png" for i, label in enumerate(labels)]
+    named = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels.astype("int64"), names)).batch(8)
+    recorded = []
+    train_two_phase(
+        model,
+        base,
+        _dataset(images, labels),
+        _dataset(images, labels),
+        cfg,
+        work_dir=str(tmp_path),
+        named_eval_ds=named,
+        on_eval_predictions=recorded.append,
+    )
+    ((got,),) = [recorded]
+    assert got.source == source and got.file_names == names and got.labels.tolist() == labels.tolist()
+    score = 1 / (1 + np.exp(-model.predict(images.astype("float32"), verbose=0).reshape(-1)))
+    np.testing.assert_allclose(got.probabilities, np.stack([1 - score, score], axis=1), atol=1e-5)
+    record = got.as_dict(["c0", "c1"])
+    assert json.loads(json.dumps(record))[eval_predictions.FILE_NAMES] == names
 
 
 def test_phase1_without_epochs_goes_straight_to_fine_tuning():

@@ -57,6 +57,13 @@ def _eval_records(config):
     return list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
 
 
+def _eval_file_names(config):
+    return [
+        tf.train.Example.FromString(record).features.feature["file_name"].bytes_list.value[0].decode()
+        for record in _eval_records(config)
+    ]
+
+
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -146,7 +153,11 @@ def test_report_data_matches_the_artifacts(run):
 
     pred = data["predictions"]
     n_eval = len(_eval_records(config))
-    assert pred["total"] == n_eval == ing["accepted_per_split"]["eval"] and not pred["truncated"]
+    assert pred["total"] == n_eval == ing["accepted_per_split"]["eval"]
+    # The Trainer's record names every eval image once, each with its file's true label.
+    recorded = sidecars.read_eval_predictions(latest_artifact_uri(config, sidecars.TRAINER, "model"))
+    assert sorted(recorded["file_names"]) == sorted(_eval_file_names(config))
+    assert pred["path"] == sidecars.eval_predictions_path(latest_artifact_uri(config, sidecars.TRAINER, "model"))
     assert sum(map(sum, pred["confusion_matrix"])) == n_eval
     assert pred["class_names"] == ingest["class_names"] and len(pred["confusion_matrix"]) == 2
     assert [sum(row) for row in pred["confusion_matrix"]] == [
@@ -161,7 +172,8 @@ def test_report_data_matches_the_artifacts(run):
     assert gate["baseline_accuracy"] is None and gate["baseline_version"] is None
     assert gate["max_accuracy_drop"] is None  # nothing served before: the drop was not applied
     assert gate["eval_example_count"] == n_eval
-    # The Evaluator ran the same signature on the same examples: the report's own count agrees with TFMA.
+    # The Evaluator ran the exported SavedModel (serving_tf_example) on the same examples; the Trainer's predictions
+    # of the same weights (over its cached activations) agree with it: the same accuracy, the same recall per class.
     assert pred["accuracy"] == pytest.approx(gate["candidate_accuracy"], abs=1e-6)
     assert set(gate["per_class_accuracy"]) == set(pred["class_names"])
     # One recall per class on the page: the per-class table's is the gate's (here the same examples, same number).
@@ -349,14 +361,12 @@ def _data(**changes):
             "correct": 17,
             "accuracy": 0.85,
             "eval_split_size": 20,
-            "truncated": False,
-            "max_examples": 2000,
             "wrong_examples": [],
             **per_class_metrics(MATRIX, NAMES),
             "confident_mistakes": [{"file_name": "x.jpg", "true": NAMES[1], "predicted": NAMES[0], "probability": 0.9}],
             "unsure_correct": [],
-            "signature": "serving_tf_example",
-            "model_dir": "/root/Trainer/model/2/Format-Serving",
+            "source": "the Trainer's final model over its cached eval activations",
+            "path": "/root/Trainer/model/2/eval_predictions.json",
         },
         "gate": {
             "blessed": True,
@@ -427,11 +437,9 @@ def test_page_from_numbers_escapes_user_text():
 
 
 def test_per_class_recall_on_the_page_is_the_gates():
-    """The report's own predictions are capped (MAX_PREDICT_EXAMPLES): on a big eval split their recall can differ
-    from TFMA's over every example. The page shows one recall per class, the gate's; precision and F1 are the
-    report's."""
+    """The page shows one recall per class, the gate's (TFMA over the exported SavedModel), even where the Trainer's
+    predictions, which precision and F1 come from, would say another."""
     data = _data()
-    data["predictions"]["truncated"] = True
     data["gate"]["classes"][NAMES[0]]["recall"] = 0.95  # TFMA over all eval images; the report's own says 0.9
     data["gate"]["macro_recall"] = 0.875
     page_text = page.render_html(data, {})
@@ -562,7 +570,8 @@ def test_collect_reads_every_part_through_the_sidecars(tmp_path, monkeypatch):
     monkeypatch.setattr(collect, "load_run", lambda c: view)
     data = collect.collect(PipelineConfig(pipeline_root=str(tmp_path)), with_predictions=True, keep_images=False).data
     json.dumps(data)
-    assert set(data["missing"]) == {"predictions"} and "no eval split under" in data["missing"]["predictions"]
+    assert set(data["missing"]) == {"predictions"}
+    assert data["missing"]["predictions"].startswith(f"no eval_predictions.json in {model}")
     ing = data["ingestion"]
     assert ing["accepted_per_split"] == {"eval": 10, "train": 10} and ing["quarantined_count"] == 1
     assert ing["report_path"] == sidecars.ingest_report_path(str(examples))

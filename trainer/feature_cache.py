@@ -50,8 +50,8 @@ class FeatureCaches:
     Training versions: 0 is the image, 1 its horizontal flip, 2.. random draws of the model's own augmentation
     layers (flip + rotation). `train[name]` is the list of per-version arrays, `eval[name]` one array; names:
     POOLED and PREFIX (see the module docstring). An array is a numpy array in memory or, once the caches would
-    exceed their memory budget, a `DiskArray` (same rows, read from a file on demand). `train_names`: each
-    training row's file name, when the training data carried them (batches of (images, labels, file names)).
+    exceed their memory budget, a `DiskArray` (same rows, read from a file on demand). `train_names` /
+    `eval_names`: each row's file name, when that data carried them (batches of (images, labels, file names)).
     """
 
     def __init__(self):
@@ -60,6 +60,7 @@ class FeatureCaches:
         self.train_names: Optional[List[str]] = None
         self.eval: Dict[str, Any] = {}
         self.eval_labels: Optional[np.ndarray] = None
+        self.eval_names: Optional[List[str]] = None
 
     @classmethod
     def build(
@@ -89,7 +90,7 @@ class FeatureCaches:
         )
         evals = None
         if eval_ds is not None:
-            evals, caches.eval_labels, _ = _run_extractor(run, eval_ds, names, 1, [], budget, "eval")
+            evals, caches.eval_labels, caches.eval_names = _run_extractor(run, eval_ds, names, 1, [], budget, "eval")
         # Joined only now: a cache joined in memory before the eval pass could not spill any more.
         caches.train = {name: [writer.finish() for writer in writers] for name, writers in train.items()}
         if evals is not None:

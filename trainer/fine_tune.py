@@ -37,7 +37,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import eval_predictions
 from trainer.class_weights import training_class_weights
+from trainer.eval_predictions import EvalPredictions
 from trainer.feature_cache import FeatureCaches, cache_variants
 from trainer.model import LAYER_LOGITS, num_logits
 from trainer.settings import TrainerConfig
@@ -176,6 +178,8 @@ def train_two_phase(
     work_dir: Optional[str] = None,
     cache_train_ds: Optional[tf.data.Dataset] = None,
     on_pooled_features: Optional[Callable[[np.ndarray, np.ndarray, List[str]], None]] = None,
+    named_eval_ds: Optional[tf.data.Dataset] = None,
+    on_eval_predictions: Optional[Callable[[EvalPredictions], None]] = None,
 ) -> Dict[str, Any]:
     """Phase 1 (frozen base, new head) then phase 2 (top of the base unfrozen, lower learning rate).
 
@@ -190,6 +194,10 @@ def train_two_phase(
     features of the un-augmented training images (only when POOLED is cached: `cfg.caches_pooled_features()`).
     Those are the features of the base as it is when this is called: the pretrained one unless weights were
     copied in before (a warm start).
+    `named_eval_ds`: the eval data as batches of (images, labels, file names) in file order; the eval caches are
+    built from it instead of `eval_ds`, and once training ends `on_eval_predictions` gets the trained model's
+    class probabilities for every eval image (trainer/eval_predictions.py), from the eval cache when the last
+    phase trained on caches, else from a pass of the full model over it.
 
     Returns a JSON-serialisable history (see `TrainingHistory.as_dict`).
     """
@@ -211,7 +219,7 @@ def train_two_phase(
             model,
             base,
             cache_train_ds if cache_train_ds is not None else train_ds,
-            eval_ds,
+            named_eval_ds if named_eval_ds is not None else eval_ds,
             pooled=cfg.caches_pooled_features(),
             cut=cut,
             variants=cache_variants(cfg),
@@ -237,7 +245,9 @@ def train_two_phase(
             class_weight=class_weight,
             history=history,
         )
-        _train_phases(run)
+        last = _train_phases(run)
+        if on_eval_predictions is not None and named_eval_ds is not None:
+            on_eval_predictions(_final_eval_predictions(run, last, named_eval_ds))
         caches.close()
     finally:
         spill_dir.cleanup()
@@ -282,24 +292,24 @@ class _Phase:
     started: float  # time.perf_counter() when the phase began (the phase's wall seconds)
 
 
-def _train_phases(run: _Run) -> None:
-    """Phase 1, then phase 2 where it has epochs; leaves `run.model` compiled for its final state."""
+def _train_phases(run: _Run) -> Optional[_Phase]:
+    """Phase 1, then phase 2 where it has epochs; leaves `run.model` compiled for its final state. Returns the
+    last phase that trained (None: no epochs at all)."""
     cfg = run.cfg
-    fitted = None  # the model the last `fit` trained: `run.model` itself, or a sub-model sharing its layers
+    last = None  # its `fitted` is `run.model` itself, or a sub-model sharing its layers
     freeze_base(run.base)
     if cfg.phase1_epochs > 0:
-        fitted = _run_phase(run, _phase1(run))
+        last = _run_phase(run, _phase1(run))
     else:
         run.history.phase_done(1, cfg.phase1_mode, 0.0)  # the record names phase 1's mode even with no epochs
     if cfg.phase2_epochs > 0:
-        fitted = _run_phase(run, _phase2(run))
-    if fitted is not run.model:
+        last = _run_phase(run, _phase2(run))
+    if last is None or last.fitted is not run.model:
         # Cached modes trained sub-models that share the model's layers; compile the model itself for the state
         # it is now in (so that evaluate works), with a fresh optimizer at the last phase's learning rate.
-        last = "phase2" if cfg.phase2_epochs > 0 else "phase1"
-        compile_model(
-            run.model, run.history.learning_rates[last], run.num_classes, cfg.jit_compile, cfg.label_smoothing
-        )
+        rate = run.history.learning_rates["phase2" if cfg.phase2_epochs > 0 else "phase1"]
+        compile_model(run.model, rate, run.num_classes, cfg.jit_compile, cfg.label_smoothing)
+    return last
 
 
 def _phase1(run: _Run) -> _Phase:
@@ -347,8 +357,8 @@ def _phase2(run: _Run) -> _Phase:
     )
 
 
-def _run_phase(run: _Run, phase: _Phase) -> keras.Model:
-    """Compiles `phase.fitted` afresh, fits it for the phase's epochs and records the phase; returns the model."""
+def _run_phase(run: _Run, phase: _Phase) -> _Phase:
+    """Compiles `phase.fitted` afresh, fits it for the phase's epochs and records the phase; returns the phase."""
     history = run.history
     # Compile afresh: a change of `trainable` only takes effect when the model is compiled again (the train step
     # is built for a fixed list of trainable variables), and phase 2's optimizer must start at the lower learning
@@ -360,7 +370,18 @@ def _run_phase(run: _Run, phase: _Phase) -> keras.Model:
     history.add_epochs(phase.number, _fit(run, phase, first_epoch, [*run.callbacks, progress]))
     history.final_accuracy(phase.number, _evaluate(phase.fitted, phase.val_data, run.cfg))
     history.phase_done(phase.number, phase.mode, time.perf_counter() - phase.started)
-    return phase.fitted
+    return phase
+
+
+def _final_eval_predictions(run: _Run, last: Optional[_Phase], named_eval_ds: tf.data.Dataset) -> EvalPredictions:
+    """The trained model's probabilities for every eval image: over the eval cache the last phase validated on
+    (built from `named_eval_ds`, so its rows carry the file names), else the full model over `named_eval_ds`."""
+    caches = run.caches
+    if last is not None and last.fitted is not run.model and last.val_data is not None and caches.eval_names:
+        return eval_predictions.from_cache(
+            last.fitted, last.val_data, caches.eval_labels, caches.eval_names, run.num_classes, run.cfg.batch_size
+        )
+    return eval_predictions.from_images(run.model, named_eval_ds, run.num_classes)
 
 
 def _fit(run: _Run, phase: _Phase, initial_epoch: int, callbacks: List[keras.callbacks.Callback]):

@@ -5,13 +5,14 @@
 Where each part comes from:
   * ingestion: ImageExampleGen's ingest report (files scanned / accepted per split and class / quarantined);
   * training: the Trainer's training history (both phases, timings, the warm start);
-  * predictions: the report's own pass of the exported model over the eval split (predictions.py): the confusion
-    matrix, the grid images, the ranked mistakes, and precision/F1 -- what TFMA does not give;
+  * predictions: the Trainer's record of the trained model's probabilities for every eval image
+    (eval_predictions.json; predictions.py): the confusion matrix, the grid images, the ranked mistakes, and
+    precision/F1 -- what TFMA does not give;
   * label_issues, data_changes: the Trainer's check of its training data (label_issues.json, data_changes.json;
     None when absent), images_per_span: sizes and formats per span from the examples (with the predictions), and
     likely_causes: for a refused model, the strongest of those findings (findings.py);
   * gate: the Evaluator's gate.json (TFMA's overall accuracy and per-class recall, the thresholds, the decision).
-    The per-class recall on the page is this one, the gated number, never the report's own;
+    The per-class recall on the page is this one, the gated number, never the one from the Trainer's predictions;
   * push: the Pusher's artifact; outcome: how the run ended (pipeline/outcome.py); tflite: the Trainer's record;
   * change_check: what the run's ChangeCheck decided (run_records.change_decision: changed, refused, reason,
     served_version), None for a run without one (`ftune ingest`); a run it found nothing to do for ran nothing
@@ -36,11 +37,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from pipeline.configs import PipelineConfig
 from pipeline.reporting import findings
-from pipeline.reporting import predictions as own_predictions
+from pipeline.reporting import predictions as eval_predictions
 from pipeline.reporting.run_records import RunView, artifact_property, change_decision, load_run
 from serving import sidecars
 from serving.model_versions import NO_SERVED_VERSION, latest_served
-from serving.signatures import TF_EXAMPLE_SIGNATURE
 
 log = logging.getLogger("ftune")
 
@@ -207,45 +207,26 @@ def _training(run: RunView) -> Dict[str, Any]:
     }
 
 
-# --- the report's own predictions (what TFMA does not give: see predictions.py) --
+# --- the eval split's predictions (what TFMA does not give: see predictions.py) --
 
 
 def _predictions(run: RunView, ingestion: Optional[Dict[str, Any]], keep_images: bool):
-    """(numbers, grid entries, (mistakes, unsure)): the exported model's serving_tf_example signature over the
-    eval split, the graph TF Serving and the Evaluator run."""
-    import tensorflow as tf
-
+    """(numbers, grid entries, (mistakes, unsure)): from the Trainer's record of the trained model's probabilities
+    for every eval image (eval_predictions.json), with the images shown read from the eval split's examples."""
     model_uri = _require_uri(run, sidecars.TRAINER, "model")
+    recorded = sidecars.read_eval_predictions(model_uri)
+    if recorded is None:
+        raise Missing(
+            f"no {sidecars.EVAL_PREDICTIONS_FILE} in {model_uri} (trained by an older ftune, or the examples carry "
+            "no file names)"
+        )
     examples_uri = _require_uri(run, sidecars.EXAMPLE_GEN, "examples")
-    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))
-    if not files:
-        raise Missing(f"no eval split under {examples_uri}")
-    model_dir = sidecars.serving_model_dir(model_uri)
-    if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
-        raise Missing(f"no exported SavedModel at {model_dir}")
-    loaded = tf.saved_model.load(model_dir)
-    if TF_EXAMPLE_SIGNATURE not in loaded.signatures:
-        raise Missing(f"the model at {model_dir} has no {TF_EXAMPLE_SIGNATURE} signature")
-    class_names = _class_names(loaded, model_uri, ingestion)
     split_size = (ingestion or {}).get("accepted_per_split", {}).get("eval")
-    numbers, grid, ranked = own_predictions.predict_eval_split(
-        loaded.signatures[TF_EXAMPLE_SIGNATURE], files, class_names, keep_images, split_size
+    numbers, grid, ranked = eval_predictions.tally_eval_predictions(
+        recorded, keep_images, lambda names: findings.split_images(examples_uri, "eval", names), split_size
     )
-    numbers.update(signature=TF_EXAMPLE_SIGNATURE, model_dir=model_dir)
+    numbers["path"] = sidecars.eval_predictions_path(model_uri)
     return numbers, grid, ranked
-
-
-def _class_names(loaded: Any, model_uri: str, ingestion: Optional[Dict[str, Any]]) -> List[str]:
-    """The label vocabulary the model was exported with (else labels.txt, else the ingest report)."""
-    names = getattr(loaded, "class_names", None)
-    if names is not None:
-        return [n.decode() for n in names.numpy()]
-    labels = sidecars.read_labels(model_uri)
-    if labels:
-        return labels
-    if ingestion and ingestion.get("class_names"):
-        return list(ingestion["class_names"])
-    raise Missing(f"no class names for the model at {model_uri}")
 
 
 # --- the gate --

@@ -5,6 +5,7 @@ most likely causes among them. The findings themselves, and their wording, are c
     label_issues_part(run) -> dict | None        label_issues.json, the flagged images trimmed to MAX_FLAGGED
     data_changes_part(run) -> dict | None        data_changes.json
     span_images_and_grid(run, issues, keep_images)   sizes and formats per span, and the flagged images' grid
+    split_images(examples_uri, split, names) -> {file name: bytes}   images of one split, by file name
     likely_causes(data) -> [str]                 for a refused model: the strongest findings, those that name a
                                                  class the gate failed on first
     summary_lines(data) -> [str]                 the summary's lines for all of the above but the causes
@@ -16,7 +17,7 @@ Trainer did not run, which the training part already says).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from pipeline.reporting.run_records import RunView
 from serving import sidecars
@@ -121,6 +122,24 @@ def span_images(examples_uri: str, wanted: Set[str]) -> Tuple[Dict[str, Dict[str
         stats[span] = {"images": len(values["width"]), "formats": formats, **sides}
         stats[span]["sampled"] = counted >= MAX_STATS_EXAMPLES
     return stats, images
+
+
+def split_images(examples_uri: str, split: str, wanted: Iterable[str]) -> Dict[str, bytes]:
+    """{file name: encoded bytes} of the `wanted` images of one split of ImageExampleGen's examples (the report's
+    grids of eval predictions); stops reading once all are found."""
+    import tensorflow as tf
+
+    wanted, images = set(wanted), {}
+    if not wanted:
+        return images
+    for names, _, _, encoded in _raw_batches(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*"))):
+        for name, data in zip(names, encoded, strict=True):
+            name = name.decode("utf-8", "replace")
+            if name in wanted:
+                images[name] = data
+        if len(images) == len(wanted):
+            break
+    return images
 
 
 def _raw_batches(files: List[str]):

@@ -78,9 +78,8 @@ def per_class_table(data: Dict[str, Any]) -> Dict[str, Any]:
 
     Recall is the gated number: the Evaluator's TFMA recall (gate.json, every eval example), so that the page shows
     one recall per class. Precision and F1 are not computed by TFMA (its EvalConfig only has accuracy and the
-    example count), so they come from the report's own predictions, those of the grids and the confusion matrix
-    (capped at predictions.MAX_PREDICT_EXAMPLES). Only when there is no gate (the Evaluator did not run) is the
-    recall the report's own, and the page says so."""
+    example count), so they come from the Trainer's predictions, those of the grids and the confusion matrix.
+    Only when there is no gate (the Evaluator did not run) is the recall theirs, and the page says so."""
     predictions = data.get("predictions")
     if predictions is None:
         return {"rows": [], "macro": {}, "recall_from_gate": False}

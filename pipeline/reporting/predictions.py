@@ -1,53 +1,67 @@
-"""The report's own pass of the exported model over the eval split: what TFMA (the Evaluator) does not give.
+"""The eval split's predictions as the report shows them: what TFMA (the Evaluator) does not give.
 
 The Evaluator's TFMA run gives the gated numbers (overall accuracy, each class's recall, example counts: gate.json);
-the report takes those from there. It runs the model itself only for what TFMA cannot hand over: the confusion
-matrix, the images for the grid figure, the most confident mistakes and least confident correct predictions, and
-the precision and F1 computed from the same predictions (TFMA is not configured to compute them; see collect.py).
+the report takes those from there. For what TFMA cannot hand over -- the confusion matrix, the images for the grid
+figure, the most confident mistakes and least confident correct predictions, and the precision and F1 computed from
+the same predictions (TFMA is not configured to compute them; see collect.py) -- it reads the Trainer's record of
+the trained model's probabilities for every eval image (eval_predictions.json, trainer/eval_predictions.py) rather
+than loading the exported model and running it over the eval split a second time (~20 s of a 2-core machine per
+1000 images at 160 px, in every `ftune run`). The images shown are read from ImageExampleGen's eval split.
 
-    predict_eval_split(signature, files, class_names, keep_images, split_size) -> (numbers, grid, (mistakes, unsure))
+    tally_eval_predictions(recorded, keep_images, images_of) -> (numbers, grid, (mistakes, unsure))
     per_class_metrics(matrix, class_names) -> {"per_class": ..., "macro": ...}   (also used by benchmarks/common.py)
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from pipeline.reporting.figures import GRID_COLUMNS, GRID_ROWS
+from trainer import eval_predictions as recorded_keys
 
-PREDICT_BATCH = 64
-# The report's pass is capped for speed on big eval splits; the gated numbers come from TFMA over all of them.
-MAX_PREDICT_EXAMPLES = 2000
 # Most confident mistakes / least confident correct predictions shown (fastai's "top losses" view).
 RANKED_IMAGES = 10
 
 
-def predict_eval_split(
-    signature: Callable[..., Dict[str, Any]],
-    files: List[str],
-    class_names: List[str],
+def tally_eval_predictions(
+    recorded: Dict[str, Any],
     keep_images: bool,
-    split_size: Optional[int],
+    images_of: Callable[[Iterable[str]], Dict[str, bytes]],
+    split_size: Optional[int] = None,
 ):
-    """(numbers, grid entries, (most confident mistakes, least confident correct)): `signature` (the exported
-    model's serving_tf_example) over the first MAX_PREDICT_EXAMPLES records of the eval split's TFRecord files."""
-    import tensorflow as tf
+    """(numbers, grid entries, (most confident mistakes, least confident correct)) from the Trainer's
+    eval_predictions.json; with `keep_images`, the entries shown carry their encoded image (`images_of(file
+    names)` reads them; an image it cannot find is left out of the figures)."""
+    class_names = list(recorded[recorded_keys.CLASS_NAMES])
+    tally = Tally(len(class_names))
+    for name, true, probabilities in zip(
+        recorded[recorded_keys.FILE_NAMES],
+        recorded[recorded_keys.LABELS],
+        recorded[recorded_keys.PROBABILITIES],
+        strict=True,
+    ):
+        predicted = max(range(len(probabilities)), key=probabilities.__getitem__)
+        tally.add(name, int(true), predicted, float(probabilities[predicted]))
+    numbers = tally.numbers(class_names, split_size)
+    numbers["source"] = recorded.get(recorded_keys.SOURCE)
+    grid, ranked = tally.grid(class_names), tally.ranked(class_names)
+    if keep_images:
+        shown = [*grid, *ranked[0], *ranked[1]]
+        images = images_of({entry["file_name"] for entry in shown})
+        grid, ranked = _with_images(grid, images), (_with_images(ranked[0], images), _with_images(ranked[1], images))
+    return numbers, grid, ranked
 
-    tally = Tally(len(class_names), keep_images)
-    records = tf.data.TFRecordDataset(files, compression_type="GZIP").take(MAX_PREDICT_EXAMPLES)
-    for batch in records.batch(PREDICT_BATCH).as_numpy_iterator():
-        outputs = signature(examples=tf.constant(batch))
-        tally.add(batch, outputs["class_ids"].numpy(), outputs["probabilities"].numpy())
-    return tally.numbers(class_names, split_size), tally.grid(class_names), tally.ranked(class_names)
+
+def _with_images(entries: List[Dict[str, Any]], images: Dict[str, bytes]) -> List[Dict[str, Any]]:
+    return [{**entry, "image": images[entry["file_name"]]} for entry in entries if entry["file_name"] in images]
 
 
 class Tally:
-    """Confusion counts, plus the images for the grid: wrong predictions first, then right ones."""
+    """Confusion counts, plus the entries for the grid: wrong predictions first, then right ones."""
 
-    def __init__(self, num_classes: int, keep_images: bool):
+    def __init__(self, num_classes: int):
         self.matrix = [[0] * num_classes for _ in range(num_classes)]
-        self.keep_images = keep_images
         self.wrong: List[Dict[str, Any]] = []
         self.right: List[Dict[str, Any]] = []
         self.cells = GRID_COLUMNS * GRID_ROWS
@@ -56,32 +70,18 @@ class Tally:
         self.unsure_right: List[Tuple[float, int, Dict[str, Any]]] = []
         self._seen = 0
 
-    def add(self, serialized: Sequence[bytes], predicted: Sequence[int], probabilities=None) -> None:
-        import tensorflow as tf
+    def add(self, file_name: str, true: int, pred: int, confidence: float) -> None:
+        """One eval example: its true and predicted class ids and the probability of the predicted class."""
+        self.matrix[true][pred] += 1
+        entry = {"file_name": file_name, "true": true, "predicted": pred}
+        self._rank(entry, true, pred, confidence)
+        bucket = self.wrong if true != pred else self.right
+        if len(bucket) < self.cells:
+            bucket.append(entry)
 
-        for index, (record, pred) in enumerate(zip(serialized, predicted, strict=True)):
-            feature = tf.train.Example.FromString(record).features.feature
-            true, pred = int(feature["label"].int64_list.value[0]), int(pred)
-            self.matrix[true][pred] += 1
-            if probabilities is not None:
-                self._rank(feature, true, pred, float(probabilities[index][pred]))
-            bucket = self.wrong if true != pred else self.right
-            if len(bucket) < self.cells:
-                bucket.append(self._entry(feature, true, pred))
-
-    def _entry(self, feature, true: int, pred: int) -> Dict[str, Any]:
-        entry = {
-            "file_name": feature["file_name"].bytes_list.value[0].decode("utf-8", "replace"),
-            "true": true,
-            "predicted": pred,
-        }
-        if self.keep_images:
-            entry["image"] = feature["image"].bytes_list.value[0]
-        return entry
-
-    def _rank(self, feature, true: int, pred: int, confidence: float) -> None:
+    def _rank(self, entry: Dict[str, Any], true: int, pred: int, confidence: float) -> None:
         self._seen += 1
-        entry = {**self._entry(feature, true, pred), "probability": confidence}
+        entry = {**entry, "probability": confidence}
         # heapq keeps the smallest first: most confident wrong -> key confidence; least confident right -> -conf.
         heap, key = (self.confident_wrong, confidence) if true != pred else (self.unsure_right, -confidence)
         item = (key, self._seen, entry)
@@ -114,12 +114,10 @@ class Tally:
             "correct": correct,
             "accuracy": correct / total if total else None,
             "eval_split_size": split_size,
-            "truncated": total >= MAX_PREDICT_EXAMPLES and (split_size is None or split_size > total),
-            "max_examples": MAX_PREDICT_EXAMPLES,
             "wrong_examples": wrong,
             **per_class_metrics(self.matrix, class_names),
-            "confident_mistakes": [_no_image(e) for e in mistakes],
-            "unsure_correct": [_no_image(e) for e in unsure],
+            "confident_mistakes": mistakes,
+            "unsure_correct": unsure,
         }
 
     def grid(self, class_names: List[str]) -> List[Dict[str, Any]]:
@@ -130,10 +128,6 @@ class Tally:
 def _named(entry: Dict[str, Any], class_names: List[str]) -> Dict[str, Any]:
     """The entry with class names in place of label ids."""
     return {**entry, "true": class_names[entry["true"]], "predicted": class_names[entry["predicted"]]}
-
-
-def _no_image(entry: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in entry.items() if k != "image"}
 
 
 def per_class_metrics(matrix: List[List[int]], class_names: List[str]) -> Dict[str, Any]:

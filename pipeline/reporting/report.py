@@ -6,12 +6,14 @@
     summary_lines(data) -> [str]                               (a few lines for the CLI's end-of-run summary)
 
 The work is split by job: collect.py gathers the numbers (ingest report, training history, the Evaluator's gate,
-the push, TFLite) and runs the model only for what TFMA does not give (predictions.py); figures.py draws the PNGs;
+the push, TFLite) and the Trainer's predictions for the eval split, for what TFMA does not give (predictions.py);
+figures.py draws the PNGs;
 page.py renders templates/report.html.j2. What the page shows:
   * ingestion: files scanned / accepted per split and class / quarantined, and the quarantine list (path, reason)
   * training: eval accuracy after each phase, wall time, learning curves over both phases
-  * evaluation: confusion matrix and eval image grid from the exported model's `serving_tf_example` signature,
-    per-class precision/F1 on those predictions with the gate's recall, most confident mistakes
+  * evaluation: confusion matrix and eval image grid from the trained model's predictions for every eval image
+    (the Trainer's eval_predictions.json), per-class precision/F1 on them with the gate's recall, most confident
+    mistakes
   * the training data: suspected label errors (a grid of the flagged images), what changed since the served
     version per span (images per class, class distances, image formats and sizes)
   * the gate: blessed or not, what it checked, recall per class and macro recall, the failed thresholds with both
