@@ -23,12 +23,13 @@ for c in "$${PYTHON310:-}" python3.10 \
 done
 endef
 
-.PHONY: help setup demo test test-fast lint clean
+.PHONY: help setup demo test test-fast lint docs clean
 help:
 	@echo "make demo   set up, then run the whole pipeline on generated sample data"
 	@echo "make test   set up, then run the test suite"
 	@echo "make test-fast  the tests not marked slow (no whole-pipeline runs): minutes, for the edit loop"
 	@echo "make lint   ruff (style, errors) and lint-imports (the layer contracts in pyproject.toml)"
+	@echo "make docs   regenerate the reference pages (tools/gen_docs.py), then build the docs site into site/"
 	@echo "make setup  create $(VENV) (Python 3.10) and install the project with constraints.txt (idempotent)"
 
 setup: $(STAMP)
@@ -62,5 +63,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
+# The reference pages are generated from the code (settings, CLI parser, CLI error battery), then the site is built;
+# --strict turns a broken link, a missing anchor or a page left out of the nav into an error.
+docs: setup
+	$(PY) tools/gen_docs.py
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs site .pytest_cache

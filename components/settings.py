@@ -24,7 +24,9 @@ class DataConfig:
     data_root: str = ""
     # "auto" picks "presplit" when both split folders exist under data_root, else "hash".
     split_mode: str = "auto"
+    # Pre-split mode: the folder under data_root (or under each span) holding the training images' class folders.
     train_dir: str = "train"
+    # Pre-split mode: the folder holding the eval images' class folders.
     eval_dir: str = "validation"
     # Hash mode: share of images assigned to the eval split, decided by a hash of the relative path.
     eval_fraction: float = 0.2
@@ -42,7 +44,9 @@ class DataConfig:
     # each class held out, so every class has eval images for the per-class gate (class folders at the top, split by
     # hash, when split_mode is "hash"). 60 per class: 12 eval images per class, eval.min_class_examples is 10.
     sample_classes: int = 3
+    # Sample data: images per class (at least 2, so that both splits hold every class).
     sample_per_class: int = 60
+    # Sample data: random seed; the same seed gives byte-identical files.
     sample_seed: int = 0
 
     def validate(self) -> DataConfig:

@@ -78,11 +78,18 @@ KUBEFLOW_BEAM_ARGS = ("--runner=FnApiRunner", "--direct_running_mode=multi_proce
 class KubeflowConfig:
     """Compilation to a Kubeflow Pipelines v2 spec."""
 
+    # Container image every pipeline step runs (built from the Dockerfile); `ftune compile --image` sets it.
     image: str = "ghcr.io/example/ftune:latest"
+    # Kubernetes resource name of the GPU the Trainer requests (KFP uses it verbatim).
     gpu_type: str = "nvidia.com/gpu"
+    # GPUs requested for the Trainer pod (only the Trainer); 0 for none, which also drops the node selector and
+    # tolerations.
     gpu_count: int = 1
+    # CPU limit of the Trainer pod (Kubernetes requests the same: Guaranteed QoS).
     trainer_cpu: float = 4.0
+    # Memory limit of the Trainer pod, a Kubernetes quantity such as 16Gi.
     trainer_memory: str = "16Gi"
+    # Node selector of the GPU pool, applied to the Trainer pod.
     gpu_node_selector: Dict[str, str] = dataclasses.field(
         default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
     )
@@ -92,15 +99,18 @@ class KubeflowConfig:
     )
     # Name of the PersistentVolumeClaim the Pusher writes to (and TF Serving reads from); empty for gs:// / s3://.
     serving_pvc: str = "ftune-models"
+    # Where that claim is mounted in the tasks that name the serving folder; push.serving_dir must be below it.
     serving_mount_path: str = "/models"
 
 
 @dataclasses.dataclass
 class PipelineConfig:
+    # The TFX pipeline's name (its MLMD context, the compiled KFP pipeline): letters, digits, '_', '.' or '-'.
     pipeline_name: str = PIPELINE_NAME
     # Artifacts, MLMD database, sample data and (by default) the serving directory live under here.
     pipeline_root: str = "outputs"
-    # Extra Beam pipeline args, e.g. ["--runner=DataflowRunner", ...]. Empty: DirectRunner on all cores.
+    # Beam pipeline args for the Beam-based components, e.g. ["--runner=DataflowRunner", ...]. Empty: Beam's
+    # FnApiRunner inside the `ftune run` process (LOCAL_BEAM_ARGS), or 4 worker processes in a Kubeflow pod.
     beam_args: List[str] = dataclasses.field(default_factory=list)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)

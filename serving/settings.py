@@ -18,6 +18,7 @@ class PushConfig:
 
     # Empty: `<pipeline_root>/serving`.
     serving_dir: str = ""
+    # TF Serving's model name and the folder under serving_dir that holds the numbered versions.
     model_name: str = "image_classifier"
     # Number of versions kept after a push (older ones are deleted); 0 keeps all.
     keep_versions: int = 5

@@ -60,44 +60,54 @@ RUN_PARAMETER_FIELDS = ("phase1_epochs", "phase2_epochs", "warm_phase1_epochs", 
 class TrainerConfig:
     """Freeze-then-fine-tune transfer learning (Transform + Trainer)."""
 
-    # keras.applications base, one of BASE_MODEL_LAYERS: mobilenet_v2 | efficientnet_b0 | xception | resnet50
+    # keras.applications base, one of BASE_MODEL_LAYERS: mobilenet_v2, efficientnet_b0, xception or resnet50.
     base_model: str = "mobilenet_v2"
     # "imagenet", a local weights file path, "none", or "" to resolve: FTUNE_WEIGHTS env var, then "imagenet".
     weights: str = ""
+    # Images are resized to image_size x image_size pixels (bilinear, aspect ratio not kept) in Transform, in
+    # training and inside the serving signature; the TFLite copy's input size too.
     image_size: int = 160
+    # Global batch size (split across the GPUs under MirroredStrategy): raise it, and learning_rate, with the GPUs.
     batch_size: int = 32
     # Phase 1: base frozen, new head trained (early stopping on the eval split).
     phase1_epochs: int = 10
+    # Adam's learning rate in phase 1; phase 2 uses learning_rate * fine_tune_lr_factor.
     learning_rate: float = 1e-3
     # Phase 2: top of the base unfrozen, model recompiled with learning_rate * fine_tune_lr_factor.
     phase2_epochs: int = 8
+    # Phase 2's learning rate as a share of learning_rate (the guides' "about 10x lower").
     fine_tune_lr_factor: float = 0.1
     # Layer index (>= 1) from which the base is unfrozen, or a fraction of its depth (< 1). 100 of MobileNetV2's
     # 154 layers is the TF tutorial's choice.
     fine_tune_at: float = 100
+    # Epochs without a better eval loss before a phase stops; the best epoch's weights are restored.
     early_stopping_patience: int = 3
+    # Dropout rate before the new classification head.
     dropout: float = 0.2
     # Label smoothing of the cross-entropy in both phases (0 = none).
     label_smoothing: float = 0.0
     # The exported model averages each image's probabilities with its mirror image's (serving/export.py): one
     # more model call per request.
     test_time_flip: bool = False
+    # Training-time augmentation: random horizontal flips, plus rotations when rotation_factor > 0.
     augment: bool = True
+    # Random rotation range as a fraction of a full turn (Keras' RandomRotation factor); 0 for none.
     rotation_factor: float = 0.2
+    # Seed of the random initialisation, augmentation, dropout and batch order.
     seed: int = 42
     # Speed levers (trainer/fine_tune.py). The frozen part of the base computes the same output for an image in
-    # every epoch, so it can be computed once (for the image and its horizontal flip) and cached:
-    #   phase1_mode: "cached_features" trains the head on cached pooled features; "end_to_end" runs the base
-    #                every epoch (keeps on-the-fly rotation augmentation).
-    #   phase2_mode: "cached_prefix" caches the activations below the unfrozen block; "end_to_end" does not.
+    # every epoch, so it can be computed once (for the image and its horizontal flip) and cached.
+    # phase1_mode: "cached_features" trains the head on cached pooled features; "end_to_end" runs the base every
+    # epoch (keeps on-the-fly rotation augmentation).
     phase1_mode: str = "cached_features"
+    # phase2_mode: "cached_prefix" caches the activations below the unfrozen block; "end_to_end" does not.
     phase2_mode: str = "cached_prefix"
     # Versions of each training image kept in the caches (the image, its flip, and rotated variants when
     # rotation_factor > 0): cached modes approximate on-the-fly augmentation with these.
     cache_variants: int = 4
     # Phase-2 learning rate: "constant" (lr * fine_tune_lr_factor) or "cosine" (one epoch of warm-up to that
     # value, then cosine decay to 0 over the phase). cosine, 8 epochs: measured on cats vs dogs over 3 seeds,
-    # 0.977-0.980 against 0.974-0.976 for constant (benchmarks/README.md, "Levers").
+    # 0.977-0.980 against 0.974-0.976 for constant (docs/benchmarks.md, "Levers").
     phase2_lr_schedule: str = "cosine"
     # Upper bound on the in-memory feature caches; above it the caches spill to files under the Trainer's
     # working directory (same training, read back from disk) instead of growing the process's memory.
@@ -105,7 +115,9 @@ class TrainerConfig:
     # Class weights (n / (classes * count) per class) in both phases: "on", "off", or "auto" = on when the
     # largest training class has more than `imbalance_ratio` times the examples of the smallest.
     class_weighting: str = "auto"
+    # Largest over smallest training class count above which class_weighting=auto weights the classes.
     imbalance_ratio: float = 1.5
+    # XLA compilation of the training step; off by default: on CPUs it ran more than ten times slower.
     jit_compile: bool = False
     # On GPU nodes: float16 compute with float32 logits (no effect on CPU).
     mixed_precision: bool = False
@@ -115,14 +127,18 @@ class TrainerConfig:
     # and fine-tuned layers) and train warm_phase1_epochs + warm_phase2_epochs; otherwise (or with "off") start
     # from the pretrained base with phase1_epochs + phase2_epochs.
     warm_start: str = "auto"
+    # Phase-1 epochs of a run that warm-starts from the served model (instead of phase1_epochs).
     warm_phase1_epochs: int = 2
+    # Phase-2 epochs of a run that warm-starts from the served model (instead of phase2_epochs).
     warm_phase2_epochs: int = 3
     # The check of the training data (components/data_findings.py, trainer/label_issues.py): suspected label errors
     # (confident learning with `label_issue_folds` out-of-sample heads) and, per class of a new span, the distance
     # from the served version's training data, in units of its within-class spread; above `drift_threshold` the
     # summary says the span looks different (clean sample spans measured below 0.12, swapped folders above 0.6).
     label_issues: bool = True
+    # Out-of-sample heads (folds) that score each training image for the label check; at least 2.
     label_issue_folds: int = 5
+    # A new span's class whose distance from the served class is above this is named in the summary.
     drift_threshold: float = 0.35
 
     def validate(self) -> TrainerConfig:
