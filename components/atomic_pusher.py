@@ -7,7 +7,8 @@ serving/model_versions.py instead: staged copy, then an atomic rename to the nex
 Every pushed version carries `assets.extra/model_record.json` (schema: serving/model_record.py), written into the
 staged copy before the rename: the input folders and their fingerprint and images per class (from
 ImageExampleGen's ingest report, an input of this component), the settings (compiled, with the Trainer's and the
-gate's values in effect for this run), the metrics and the gate's outcome (the Evaluator's gate.json in the
+gate's values in effect for this run), the weights file's content digest the change check compared (its
+decision, an input of this component), the metrics and the gate's outcome (the Evaluator's gate.json in the
 blessing), the code version, the pipeline run and its times.
 """
 
@@ -27,10 +28,17 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.experimental.simple_artifacts import File
 
-from components.change_check import TRAINING_CODE_VERSION, read_decision, refused_attempt
+from components.change_check import (
+    TRAINING_CODE_VERSION,
+    WEIGHTS_DIGEST_KEY,
+    WEIGHTS_KEY,
+    read_decision,
+    refused_attempt,
+)
 from serving import sidecars
 from serving.model_record import code_version, utc_now
 from serving.model_versions import prune_versions, push, same_model_served
+from trainer.weights_digest import is_digest
 
 KEEP_VERSIONS_KEY = "keep_versions"
 # The change check's decision (components/change_check.py): the data and settings this run tried.
@@ -95,6 +103,7 @@ class Executor(pusher_executor.Executor):
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         blessing = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_BLESSING_KEY])
         examples = (input_dict.get(EXAMPLES_KEY) or [None])[0]
+        decisions = input_dict.get(CHANGE_DECISION_KEY) or []
         run_id = self._context.pipeline_run_id if self._context else None
         return build_record(
             model_uri=model.uri,
@@ -102,6 +111,7 @@ class Executor(pusher_executor.Executor):
             ingest=sidecars.read_ingest_report(examples.uri) if examples is not None else None,
             settings=custom_config.get(SETTINGS_KEY),
             pipeline_run=run_id,
+            weights_digest=read_decision(decisions[0]).settings.get(WEIGHTS_KEY) if decisions else None,
         )
 
     @staticmethod
@@ -125,8 +135,11 @@ def build_record(
     ingest: Optional[Dict[str, Any]],
     settings: Optional[Dict[str, Any]],
     pipeline_run: Optional[str],
+    weights_digest: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The record of a version about to be pushed (keys: serving/model_record.py); "version" is set at publish."""
+    """The record of a version about to be pushed (keys: serving/model_record.py); "version" is set at publish.
+    `weights_digest`: trainer.weights as the change check compared it (`sha256:<hex>` of a weights file; anything
+    else, a keyword or a URI, is recorded as null)."""
     history = sidecars.read_history(model_uri) or {}
     gate = gate or {}
     settings = json.loads(json.dumps(settings)) if settings else None
@@ -150,6 +163,7 @@ def build_record(
         "pipeline_run": pipeline_run,
         "code_version": code_version(),
         "training_code_version": TRAINING_CODE_VERSION,
+        WEIGHTS_DIGEST_KEY: weights_digest if is_digest(weights_digest) else None,
         "labels": history.get("class_names") or gate.get("labels"),
         "data": {
             "roots": [ingest["input_base"]] if ingest and ingest.get("input_base") else [],

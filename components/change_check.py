@@ -23,6 +23,13 @@ those that only say where things live or how much is kept (NOT_TRAINING_KEYS); t
 apply them. The pipeline's name, root, Beam arguments and Kubeflow section say where and how it runs, not what is
 trained, so a local and a compiled run over the same data agree.
 
+The weights: `trainer.weights` naming a local file is compared by the file's content (trainer/weights_digest.py:
+`sha256:<hex>`, cached by real path, size and mtime), so the same bytes under another path (a symlinked folder)
+do not retrain and other bytes at the same path do; "imagenet", "none" and URIs compare as the strings they are.
+The Pusher records the digest the check saw (`weights_digest` in model_record.json); a record written before
+that key existed holds only the path, and its file is hashed as it is now (when it still exists; else the path
+is compared): the old comparison by path assumed that file unchanged too, and an upgrade does not retrain.
+
 The code version: TRAINING_CODE_VERSION, a number a release bumps when it changes what training produces (the
 Trainer, the Transform's decoding, ImageExampleGen's image checks, the gate, the SavedModel export). A hash of the
 sources would also retrain after a refactor, a comment or a CLI-only change inside those folders (every scheduled
@@ -51,12 +58,16 @@ from serving import sidecars
 from serving.model_record import utc_now
 from serving.model_versions import NO_SERVED_VERSION, latest_served, refusal_applies
 from trainer.settings import run_parameter_types
+from trainer.weights_digest import DIGEST_PREFIX, is_digest, weights_identity
 
 # Bump when a release changes what training produces (see the module docstring); the Pusher records it.
 TRAINING_CODE_VERSION = 1
 # The value for records written before TRAINING_CODE_VERSION existed.
 FIRST_TRAINING_CODE_VERSION = 1
 CODE_VERSION_KEY = "training_code_version"
+# The settings key compared by content, and the record key the Pusher writes its digest under.
+WEIGHTS_KEY = "trainer.weights"
+WEIGHTS_DIGEST_KEY = "weights_digest"
 
 # Settings that say where things live or how much is kept, not what is trained or pushed. The input files
 # themselves are compared through the fingerprint (paths relative to the data root), so moving the data root
@@ -151,13 +162,38 @@ def apply_overrides(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -
     return result
 
 
+def with_weights_content(settings: Mapping[str, Any], digest: Optional[str] = None) -> Dict[str, Any]:
+    """`settings` (training_settings form) with trainer.weights as the file's content: `digest` when it is one
+    (a record's), else weights_identity of the value (a path hashed as the file is now; a keyword, a URI or a
+    digest unchanged)."""
+    result = dict(settings)
+    if WEIGHTS_KEY in result:
+        result[WEIGHTS_KEY] = digest if is_digest(digest) else weights_identity(result[WEIGHTS_KEY])
+    return result
+
+
+def current_settings(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """The training settings of this run, compared with the records: PipelineConfig.to_dict() with the run's
+    parameters applied, flattened, the weights file as its content."""
+    return with_weights_content(training_settings(apply_overrides(settings, overrides)))
+
+
 def recorded_settings(record: Mapping[str, Any]) -> Dict[str, Any]:
-    """training_settings of a served version's record (the settings in effect when it was trained)."""
-    return training_settings(record.get("settings") or {}, record.get(CODE_VERSION_KEY) or FIRST_TRAINING_CODE_VERSION)
+    """training_settings of a served version's record (the settings in effect when it was trained), the weights
+    file as the content the change check saw then (a record without it: the file at its path now)."""
+    settings = training_settings(
+        record.get("settings") or {}, record.get(CODE_VERSION_KEY) or FIRST_TRAINING_CODE_VERSION
+    )
+    return with_weights_content(settings, record.get(WEIGHTS_DIGEST_KEY))
 
 
 def changed_keys(now: Mapping[str, Any], then: Mapping[str, Any]) -> List[str]:
     return sorted(key for key in set(now) | set(then) if now.get(key) != then.get(key))
+
+
+def _shown(value: Any) -> str:
+    """A value in the reason: a content digest shortened to 12 hex digits."""
+    return repr(value[: len(DIGEST_PREFIX) + 12] if is_digest(value) else value)
 
 
 def _describe_settings(now: Mapping[str, Any], then: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -166,7 +202,7 @@ def _describe_settings(now: Mapping[str, Any], then: Mapping[str, Any], keys: Se
         if key == CODE_VERSION_KEY:
             parts.append(f"training code version {then.get(key)} -> {now.get(key)}")
         else:
-            parts.append(f"{key} ({then.get(key)!r} -> {now.get(key)!r})")
+            parts.append(f"{key} ({_shown(then.get(key))} -> {_shown(now.get(key))})")
     more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
     return "settings changed: " + ", ".join(parts) + more
 
@@ -192,11 +228,12 @@ def _describe_data(spans: Sequence[str], record: Mapping[str, Any], served_versi
 def _refusal_matches(
     refused: Optional[Mapping[str, Any]], fingerprint: str, settings: Mapping[str, Any], served_version: int
 ) -> bool:
-    """The same data and settings were refused by the gate against the version served now."""
+    """The same data and settings were refused by the gate against the version served now (a refusal written
+    before the weights were compared by content holds the path: its file is hashed as it is now)."""
     return (
         refusal_applies(refused, served_version)
         and refused.get("fingerprint") == fingerprint
-        and not changed_keys(settings, refused.get("settings") or {})
+        and not changed_keys(settings, with_weights_content(refused.get("settings") or {}))
     )
 
 
@@ -219,8 +256,9 @@ def decide(
     refused: Optional[Mapping[str, Any]],
     force: bool,
 ) -> Decision:
-    """Whether to train, and why. `settings` in training_settings form; `served_record` the served version's
-    model_record.json (None when nothing is served or it has none); `refused` the refused_attempt.json."""
+    """Whether to train, and why. `settings` in training_settings form (current_settings: the weights file as its
+    content); `served_record` the served version's model_record.json (None when nothing is served or it has
+    none); `refused` the refused_attempt.json."""
 
     def result(changed: bool, reason: str) -> Decision:
         return Decision(changed, reason, served_version, fingerprint, dict(settings))
@@ -295,7 +333,7 @@ def check(exec_properties: Mapping[str, Any]) -> Decision:
     split_mode = resolve_split_mode(data_root, exec_properties[SPLIT_MODE_KEY], train_dir, eval_dir, spans)
     fingerprint = input_fingerprint(data_root, make_input_config(split_mode, train_dir, eval_dir), spans)
     overrides = {name: exec_properties.get(name) for name in OVERRIDES}
-    settings = training_settings(apply_overrides(json.loads(exec_properties[SETTINGS_KEY]), overrides))
+    settings = current_settings(json.loads(exec_properties[SETTINGS_KEY]), overrides)
     serving_model_dir = exec_properties[SERVING_MODEL_DIR_KEY]
     served_version, served_path = latest_served(serving_model_dir)
     return decide(

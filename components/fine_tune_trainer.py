@@ -51,13 +51,16 @@ from trainer import features
 from trainer import warm_start as warm
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
-from trainer.settings import TrainerConfig, run_parameter_types
+from trainer.settings import TrainerConfig, run_parameter_types, settings_lines
 
 # custom_config key of the TFLite export: {"mode": push.tflite, "max_accuracy_drop": eval.max_tflite_accuracy_drop}
 TFLITE_KEY = "tflite"
 SHUFFLE_BUFFER = 4096
 # custom_config key the executor adds: the served version the `base_model` input holds (absent: none).
 SERVED_VERSION_KEY = "served_version"
+# custom_config key of the weights file's content digest (pipeline.create_pipeline, local runs): not read here, it
+# only makes MLMD's cache key change when other bytes sit at the same trainer.weights path.
+WEIGHTS_DIGEST_KEY = "weights_digest"
 
 
 def trainer_config(custom_config: Dict[str, Any]) -> TrainerConfig:
@@ -140,7 +143,9 @@ def run_fn(fn_args: FnArgs) -> None:
     tf.keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     class_names = features.read_class_names(tf_transform_output)
-    logging.info("Trainer: %d classes %s, config %s", len(class_names), class_names, cfg)
+    logging.info("Trainer: %d classes %s", len(class_names), class_names)
+    for line in settings_lines(cfg):
+        logging.info("Trainer: %s", line)
 
     in_memory = cfg.reads_images_every_epoch()
     train_ds = make_dataset(

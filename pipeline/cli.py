@@ -7,7 +7,8 @@ Every command has the same console and the same error path (`main`): library noi
 `--verbose`; an error the user can fix (a wrong setting, flag, path or file, a refusal of the KFP API, nothing to
 do) ends the command with one line `ftune: error: ...` and an exit code of pipeline/outcome.py; anything else is a
 bug: a traceback, then a line saying so, exit 1 (pipeline/cli_errors.py). Commands that only read records or talk
-to KFP (`versions`, `rollback`, `submit`, `schedule`) never import TensorFlow for local paths.
+to KFP (`versions`, `rollback`, `submit`, `schedule`) never import TensorFlow for local paths; `run` and `ingest`
+check their settings and a local data root before they load it.
 """
 
 from __future__ import annotations
@@ -201,11 +202,12 @@ def quiet_console(verbose: bool):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.local_runner import run_local, say
+    from pipeline.local_runner import check_data_root, run_local, say
     from pipeline.reporting.run_records import latest_artifact_uri
     from pipeline.reporting.summary import ingest_summary
 
     config = _load(args)
+    check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
     run_local(config, stop_after="ingest")
     examples_uri = latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples")
     say(ingest_summary(examples_uri))
@@ -215,10 +217,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
-    from pipeline.local_runner import StdoutToStderr, enable_progress_logging, run_local, say
+    from pipeline.local_runner import StdoutToStderr, check_data_root, enable_progress_logging, run_local, say
     from pipeline.reporting.run_records import change_decision, component_timings, load_run
 
     config = _load(args)
+    check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
     enable_progress_logging(verbose=args.verbose)
     # --json: stdout carries the summary data only; progress and the text summary go to stderr.
     to_stderr = StdoutToStderr() if args.json else contextlib.nullcontext()

@@ -17,8 +17,11 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
+from pipeline import outcome
 from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
+from pipeline.outcome import CommandError
 from serving import sidecars
+from trainer.weights_digest import weights_identity
 
 log = logging.getLogger("ftune")
 
@@ -28,13 +31,31 @@ def say(message: str) -> None:
     print(f"[ftune] {message}", flush=True)
 
 
+def check_data_root(config: PipelineConfig) -> None:
+    """A local data.data_root must be an existing folder. Cheap and without TensorFlow: `ftune run` and `ingest`
+    call it before the heavy imports, so a mistyped --data-root is answered at once (exit 3, unusable input).
+    Empty (sample data) and URIs (gs://, s3://: read through TFX's filesystem by the components) are not checked
+    here."""
+    path = config.data.data_root
+    if not path or "://" in path:
+        return
+    root = os.path.abspath(path)
+    if not os.path.isdir(root):
+        problem = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise CommandError(
+            f"data.data_root (--data-root) {root} {problem}: pass the image folder (one subfolder of images per "
+            "class, or train/ and validation/ holding them), or leave it out to use generated sample data",
+            outcome.EXIT_UNUSABLE_INPUT,
+        )
+
+
 def prepare_data_root(config: PipelineConfig, progress: Callable[[str], None] = say) -> str:
-    """The configured image folder, or freshly generated sample data when none is configured."""
+    """The configured image folder (absolute; a URI as it is), or freshly generated sample data when none is
+    configured."""
     if config.data.data_root:
-        root = os.path.abspath(config.data.data_root)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"data.data_root {root} does not exist or is not a directory")
-        return root
+        check_data_root(config)
+        path = config.data.data_root
+        return path if "://" in path else os.path.abspath(path)
     return ensure_sample_data(config, progress)
 
 
@@ -172,22 +193,41 @@ def is_noise(line: str) -> bool:
     return bool(NOISE_LINE.match(line)) and "quarantined" not in line
 
 
+class HideExecutionFailed(logging.Filter):
+    """Drops TFX's "Execution N failed." (its launcher logs it through absl at ERROR before re-raising a
+    component's error): the command reports that error itself, in one line. Shown with --verbose."""
+
+    _LINE = re.compile(r"^Execution \d+ failed\.$")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._LINE.match(record.getMessage())
+
+
 class QuietStderr:
     """Filters library noise (NOISE_LINE) out of file descriptor 2 for this process and its children.
 
     Beam's DirectRunner workers are child processes writing to the same stderr, and TensorFlow's C++ logs bypass
     Python, so the filter sits on the file descriptor: fd 2 becomes a pipe whose reader thread forwards every
     line that is not noise to the real stderr. `with QuietStderr():` restores fd 2 on exit.
+
+    One ERROR line is dropped before it is formatted (its format depends on which handler prints it): TFX's
+    "Execution N failed." (HideExecutionFailed, on absl's logger), which only precedes the one-line error.
     """
 
     def __init__(self):
         self._saved = None
         self._thread = None
+        self._hide = HideExecutionFailed()
 
     def __enter__(self) -> QuietStderr:
         import sys
         import threading
 
+        # absl's own logger object (an ABSLLogger): creating a plain "absl" logger before absl loads would
+        # replace it. absl.logging is light (no TensorFlow).
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_logger().addFilter(self._hide)
         sys.stderr.flush()
         self._saved = os.dup(2)
         read_fd, write_fd = os.pipe()
@@ -235,6 +275,9 @@ class QuietStderr:
         os.dup2(self._saved, 2)  # the pipe's last writer in this process is gone; workers have exited
         self._thread.join(timeout=2)
         os.close(self._saved)
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_logger().removeFilter(self._hide)
 
 
 class StdoutToStderr:
@@ -370,8 +413,9 @@ def resolve_config_weights(config: PipelineConfig) -> None:
 
 def change_key(config: PipelineConfig, data_root: str, split_mode: str, spans: Sequence[str]) -> str:
     """What the change check's decision depends on, as seen now: the served versions, the selected input files'
-    fingerprint and the refused attempt. MLMD reuses the last decision (and the cached components after it, e.g.
-    after a crash) only while all three are unchanged."""
+    fingerprint, the refused attempt and the weights file's content (other bytes at the same path). MLMD reuses
+    the last decision (and the cached components after it, e.g. after a crash) only while all four are
+    unchanged."""
     import hashlib
 
     from components.image_listing import input_fingerprint, make_input_config
@@ -381,7 +425,12 @@ def change_key(config: PipelineConfig, data_root: str, split_mode: str, spans: S
     refused = sidecars.read_refused_attempt(config.serving_model_dir)
     refused_digest = hashlib.sha256(json.dumps(refused, sort_keys=True).encode()).hexdigest()[:16] if refused else ""
     return "\n".join(
-        (serving_state(config.serving_model_dir), input_fingerprint(data_root, input_config, spans), refused_digest)
+        (
+            serving_state(config.serving_model_dir),
+            input_fingerprint(data_root, input_config, spans),
+            refused_digest,
+            weights_identity(config.trainer.weights),
+        )
     )
 
 
@@ -457,4 +506,5 @@ def local_pipeline(
         serving_state=serving_state(config.serving_model_dir),
         force=force,
         change_key=key,
+        weights_digest=weights_identity(config.trainer.weights),
     )

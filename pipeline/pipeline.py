@@ -17,6 +17,7 @@ from components.image_example_gen import ImageExampleGen
 from components.served_model_baseline import ServedModelBaseline
 from pipeline.configs import PipelineConfig
 from serving import sidecars
+from trainer.weights_digest import is_digest
 
 # Stages a caller can stop after (`ftune ingest` uses "ingest", trainer tests "train").
 STAGES = ("ingest", "train", "push")
@@ -39,6 +40,7 @@ def create_pipeline(
     runtime_parameters: Optional[Mapping[str, Any]] = None,
     force: bool = False,
     change_key: str = "",
+    weights_digest: str = "",
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -60,6 +62,9 @@ def create_pipeline(
       change_key: what the change check's decision depends on, seen by the local runner at build time (served
         versions, input fingerprint, refused attempt): MLMD reuses the decision, and what follows it, only while
         that is unchanged. "" on Kubeflow, where the check is never cached.
+      weights_digest: trainer.weights as the local runner's change check compares it (`sha256:<hex>` of a weights
+        file, trainer/weights_digest.py): in the Trainer's custom_config (which it does not read) so that MLMD
+        trains again when other bytes sit at the same path. "" on Kubeflow and for keywords and URIs.
 
     A full pipeline (stop_after="push") starts with the change check (components/change_check.py); every other
     component runs under `tfx.dsl.Cond` on its decision, so a run with nothing new (or only a batch the gate already
@@ -90,7 +95,9 @@ def create_pipeline(
         decision = check.outputs[change_check.DECISION_KEY]
         guard = tfx.dsl.Cond(decision.future()[0].custom_property(change_check.CHANGED_PROPERTY) == 1)
     with guard:
-        components += _pipeline_components(config, data_root, split_mode, stop_after, serving_state, run_params, check)
+        components += _pipeline_components(
+            config, data_root, split_mode, stop_after, serving_state, run_params, check, weights_digest
+        )
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
@@ -102,6 +109,11 @@ def create_pipeline(
     )
 
 
+def _weights_digest_config(weights_digest: str) -> dict:
+    """The Trainer's custom_config entry of the weights' digest (none without one: unchanged cache keys)."""
+    return {fine_tune_trainer.WEIGHTS_DIGEST_KEY: weights_digest} if is_digest(weights_digest) else {}
+
+
 def _pipeline_components(
     config: PipelineConfig,
     data_root: str,
@@ -110,6 +122,7 @@ def _pipeline_components(
     serving_state: str,
     run_params: Mapping[str, Any],
     check: Optional[change_check.ChangeCheck],
+    weights_digest: str = "",
 ) -> list:
     """ImageExampleGen to the Pusher (as far as `stop_after`), in order."""
     data = config.data
@@ -166,6 +179,7 @@ def _pipeline_components(
                     "mode": config.push.tflite,
                     "max_accuracy_drop": config.eval.max_tflite_accuracy_drop,
                 },
+                **_weights_digest_config(weights_digest),
             },
             base_model=baseline.outputs["baseline_model"],
             **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},

@@ -34,6 +34,11 @@ Keys added by issue 11 (all optional for readers):
     metrics.gated_classes  [class, ...]: the classes whose recall the gate checked (enough eval images)
     gate.baseline_note, gate.thresholds, gate.checked          as above
 
+Keys added by issue 35 (optional for readers):
+    weights_digest   "sha256:<hex>" of the trainer.weights file the change check compared (components/
+                     change_check.py; trainer/weights_digest.py), null for "imagenet", "none" or a URI. A record
+                     without it is compared by hashing the file at its recorded path as it is now
+
 Writers: the Pusher (components/atomic_pusher.py, kind "trained"), `ftune rollback` (kind "rollback": a copy of
 the rolled-back version's record with version, kind, rollback_of and pushed_at replaced).
 """
@@ -56,6 +61,7 @@ RECORD_KEYS = (
     "pipeline_run",
     "code_version",
     "training_code_version",
+    "weights_digest",
     "labels",
     "data",
     "settings",

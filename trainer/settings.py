@@ -7,7 +7,7 @@ settings in a fraction of a second. `pipeline/configs.py` composes this section 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, NamedTuple
+from typing import Any, Dict, Iterable, List, NamedTuple
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,11 @@ WARM_START_MODES = ("auto", "off")
 # accepts them, the Kubeflow compiler declares them). A run that warm-starts from the served model trains the
 # warm_* epochs instead of phase1/phase2_epochs, so those are parameters too.
 RUN_PARAMETER_FIELDS = ("phase1_epochs", "phase2_epochs", "warm_phase1_epochs", "warm_phase2_epochs", "learning_rate")
+# trainer.weights' keywords (trainer/weights.py): Keras' ImageNet download, and random initialisation. Any other
+# non-empty value is a weights file.
+IMAGENET = "imagenet"
+NO_WEIGHTS = "none"
+WEIGHTS_ENV_VAR = "FTUNE_WEIGHTS"
 
 
 @dataclasses.dataclass
@@ -205,6 +210,26 @@ class TrainerConfig:
         if 0 < value < 1:
             return min(max(1, int(round(value * layers))), layers - 1)
         return int(value)
+
+
+def non_default_settings(cfg: TrainerConfig) -> Dict[str, Any]:
+    """{field: value} of the fields of `cfg` whose value differs from TrainerConfig's default, in declaration
+    order."""
+    defaults = TrainerConfig()
+    return {
+        field.name: getattr(cfg, field.name)
+        for field in dataclasses.fields(TrainerConfig)
+        if getattr(cfg, field.name) != getattr(defaults, field.name)
+    }
+
+
+def settings_lines(cfg: TrainerConfig) -> List[str]:
+    """What the Trainer logs of its settings: one `name=value` line per field that differs from the default
+    (`trainer.` keys of `ftune config`), instead of the whole TrainerConfig repr on one line."""
+    changed = non_default_settings(cfg)
+    if not changed:
+        return ["trainer settings: all defaults"]
+    return ["trainer settings other than the defaults:"] + [f"  {name}={value!r}" for name, value in changed.items()]
 
 
 def _check_fine_tune_at(t: TrainerConfig) -> None:

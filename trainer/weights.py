@@ -18,11 +18,7 @@ from typing import Callable, Optional, Tuple
 
 import keras
 
-from trainer.settings import ConfigError
-
-WEIGHTS_ENV_VAR = "FTUNE_WEIGHTS"
-IMAGENET = "imagenet"
-NO_WEIGHTS = "none"
+from trainer.settings import IMAGENET, NO_WEIGHTS, WEIGHTS_ENV_VAR, ConfigError
 
 
 class WeightsUnavailableError(RuntimeError):
