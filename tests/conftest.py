@@ -55,6 +55,44 @@ def tree_digest(path, skip=()) -> str:
     return digest.hexdigest()
 
 
+# --- two workers (pytest-xdist, `make test`) -------------------------------------------------------------------
+# A pipeline run keeps about one of the machine's two cores busy (Beam in-process, TF start-up, small batches), so
+# `make test` runs two pytest workers. Each module stays whole on one worker, so its module-scoped pipeline runs are
+# made once; the modules reading the session's small run (below) share one group, so that run is made once too.
+# Groups are handed out longest first (times measured as tests/README.md says), so the long ones do not end up
+# together at the tail. Without xdist (`pytest` alone) the marks and the order change nothing but the order.
+SMALL_RUN_MODULES = ("test_report", "test_use_and_see", "test_predict", "test_tflite")
+LONGEST_FIRST = (
+    "test_kfp_spec_execution",
+    "test_governance_e2e",
+    "test_scheduled_retraining",
+    "test_label_issues",
+    "test_fault_battery",
+    "small_run",
+    "test_fine_tune",
+    "test_cats_vs_dogs_small",
+    "test_getting_started",
+    "test_cli",
+    "test_image_example_gen",
+    "test_cli_battery",
+)
+
+
+def xdist_group_of(module_name: str) -> str:
+    """The xdist group of a test module: the small-run group, or the module itself."""
+    return "small_run" if module_name in SMALL_RUN_MODULES else module_name
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        group = xdist_group_of(item.module.__name__)
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.module.__name__)))
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 # --- one small pipeline run, shared ---------------------------------------------------------------------------
 
 # The run behind test_report.py and test_use_and_see.py: a whole pipeline through `ftune run --json` costs minutes,
