@@ -6,8 +6,8 @@ SavedModel's signatures (a tiny model exported by the real `serving.export`, wit
 push functions and the settings loader directly. The rows that need whole-pipeline runs (SIGKILL during a
 component, then the same command again) are marked slow and share one pipeline root.
 
-README.md's "What happens when ..." table lists the same rows (`python tests/test_fault_battery.py` prints it;
-`test_readme_table_matches_the_battery` keeps the two in step).
+The docs page docs/what-happens-when.md lists the same rows (`python tests/test_fault_battery.py` prints the table;
+`test_docs_table_matches_the_battery` keeps the two in step).
 """
 
 from __future__ import annotations
@@ -735,7 +735,7 @@ def test_crash_then_rerun(row, crash_runs):
 ALL_ROWS = INGEST_ROWS + EXIF_ROWS[:1] + SERVING_ROWS + PUSH_ROWS + SETTINGS_ROWS + CRASH_ROWS
 
 
-def readme_table() -> str:
+def battery_table() -> str:
     lines = ["| area | what happens when ... | injected as | you get |", "| --- | --- | --- | --- |"]
     for row in ALL_ROWS:
         fault = "EXIF orientation 1-8" if row.area == "exif" else row.fault
@@ -743,14 +743,14 @@ def readme_table() -> str:
     return "\n".join(lines)
 
 
-def test_readme_table_matches_the_battery():
-    with open(os.path.join(REPO, "README.md")) as f:
-        readme = f.read()
+def test_docs_table_matches_the_battery():
+    with open(os.path.join(REPO, "docs", "what-happens-when.md")) as f:
+        page = f.read()
     assert len(INGEST_ROWS + EXIF_ROWS + SERVING_ROWS + PUSH_ROWS + SETTINGS_ROWS + CRASH_ROWS) >= 30
-    assert readme_table() in readme, "README's 'What happens when ...' table is out of date: " + (
+    assert battery_table() in page, "docs/what-happens-when.md's table is out of date: " + (
         "regenerate it with `python tests/test_fault_battery.py`"
     )
 
 
 if __name__ == "__main__":
-    print(readme_table())
+    print(battery_table())
