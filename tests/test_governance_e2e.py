@@ -1,30 +1,39 @@
-"""Gates and governance through the real `ftune` CLI on generated pre-split data, in one pipeline root:
+"""The loop through the real `ftune` CLI and LocalDagRunner on generated pre-split data, in one pipeline root:
 
-1. a first run pushes version 1 with its record (exit 0);
+1. a first run is SIGKILLed during the Trainer, then the same command again: the cached upstream is reused and
+   version 1 is pushed with its record (exit 0), its model well above chance;
 2. a run whose training images of one class ("square") were relabelled into another is refused by the per-class
-   gate although overall accuracy passes: exit EXIT_GATE_REFUSED, the summary names the class with both numbers,
-   every served version is byte-identical and the refused attempt is recorded beside them; the same command
-   again does not train (the change check remembers the refusal) and `ftune versions` shows it;
+   gate although overall accuracy passes: exit EXIT_GATE_REFUSED, the blessing says NOT_BLESSED, the summary names
+   the class with both numbers, every served version is byte-identical and the refused attempt is recorded beside
+   them; the same command again does not train (the change check remembers the refusal) and `ftune versions`
+   shows it;
 3. a run on data with an extra class is compared on floors only (the served model has other labels), says so,
-   and pushes version 2;
+   and pushes version 2 beside version 1; version 2 answers image bytes with class names, and its serving
+   signature gives what the Keras model gave in training (no train/serve skew);
 4. `ftune rollback --to 1` publishes version 3 holding version 1's model with a record saying so; `ftune versions
    --json` lists every version with its record;
 plus the exit codes for invalid settings and unusable input.
+
+(Until 2026-12-06 steps 1-3's resume, "worse model not blessed" and "good run pushes version 2" were a module of
+their own, test_pipeline_e2e.py, with three more whole runs; its assertions now read these runs.)
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path, tree_digest
 
 from components.image_example_gen import input_fingerprint, make_input_config
 from pipeline import outcome
 from pipeline.configs import PipelineConfig
+from pipeline.reporting.run_records import component_timings, latest_artifact_uri
 from pipeline.sample_data import SHAPE_NAMES, generate_sample_data
 from serving import sidecars
 
@@ -58,12 +67,51 @@ def ftune(*args, timeout=600):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def ftune_run(root, data_root, *overrides, flags=()):
+def ftune_run_args(root, data_root, *overrides, flags=()):
     args = ["run", "--pipeline-root", str(root), "--data-root", str(data_root), "--weights", pretrained_weights_path()]
     args += list(flags)
     for item in COMMON + list(overrides):
         args += ["--set", item]
-    return ftune(*args)
+    return args
+
+
+def ftune_run(root, data_root, *overrides, flags=()):
+    return ftune(*ftune_run_args(root, data_root, *overrides, flags=flags))
+
+
+def killed_when_the_trainer_starts(args):
+    """`ftune ARGS`, SIGKILLed (the whole process group) a few seconds after the console says the Trainer started."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    for line in process.stdout:
+        if line.rstrip().endswith(" Trainer started"):  # the console line for TFX's "Component Trainer is running."
+            time.sleep(3)  # let it get into training
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        assert time.time() < deadline, "the first run never reached the Trainer"
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before the Trainer could be killed"
+
+
+def eval_accuracy(config):
+    """The candidate's overall accuracy as TFMA computed it (the Evaluator's metrics, not a second computation)."""
+    import tensorflow_model_analysis as tfma
+
+    uri = latest_artifact_uri(config, sidecars.EVALUATOR, "evaluation")
+    for metrics in tfma.load_metrics(uri):
+        if not metrics.slice_key.single_slice_keys:  # the overall slice
+            for key in metrics.metric_keys_and_values:
+                if key.key.name in ("sparse_categorical_accuracy", "binary_accuracy") and not key.key.is_diff:
+                    if not key.key.model_name or key.key.model_name == "candidate":
+                        return key.value.double_value.value
+    raise AssertionError(f"no accuracy in {uri}")
 
 
 def presplit_data(path, classes):
@@ -97,14 +145,34 @@ def config(root):
 
 @pytest.fixture(scope="module")
 def first_run(root, config):
+    """Run 1 killed with SIGKILL once the Trainer starts, then the same command again: (data, the resumed run,
+    component timings after the kill, component timings after the resumed run)."""
     data = presplit_data(root / "data3", classes=3)
+    killed_when_the_trainer_starts(ftune_run_args(config.pipeline_root, data))
+    killed_timings = component_timings(config)
+    assert served(config) == []
     result = ftune_run(config.pipeline_root, data)
     assert result.returncode == outcome.EXIT_OK, explain(result)
-    return data, result
+    return data, result, killed_timings, component_timings(config)
+
+
+def test_resume_after_sigkill_reuses_upstream_and_pushes_once(first_run, config):
+    _, result, killed, resumed = first_run
+    assert killed[sidecars.EXAMPLE_GEN]["state"] == "complete" and killed["Transform"]["state"] == "complete"
+    assert resumed[sidecars.EXAMPLE_GEN]["state"] == "cached"
+    assert resumed["Transform"]["state"] == "cached"
+    assert resumed[sidecars.TRAINER]["state"] == "complete"
+    assert served(config) == [1]
+    # The console's last word names where version 1 went (not just that something was pushed).
+    assert f"push: {os.path.join(config.serving_model_dir, '1')}" in result.stdout, result.stdout[-2000:]
+
+
+def test_first_model_is_well_above_chance(first_run, config):
+    assert eval_accuracy(config) > 0.8  # 3 classes: chance is 0.33
 
 
 def test_first_run_pushes_version_1_with_its_record(first_run, config):
-    data, result = first_run
+    data, result, _, _ = first_run
     assert served(config) == [1]
     record = record_of(config, 1)
     assert record["version"] == 1 and record["kind"] == "trained" and record["rollback_of"] is None
@@ -141,9 +209,8 @@ def test_relabelled_class_is_refused_by_name_and_nothing_changes(relabelled_run,
     before, result = relabelled_run
     assert result.returncode == outcome.EXIT_GATE_REFUSED, explain(result)
     assert tree_digest(config.serving_dir, skip={sidecars.REFUSED_ATTEMPT_FILE}) == before and served(config) == [1]
+    assert os.path.exists(os.path.join(latest_artifact_uri(config, sidecars.EVALUATOR, "blessing"), "NOT_BLESSED"))
     gate_line = next(line for line in result.stdout.splitlines() if "gate: NOT BLESSED" in line)
-    from pipeline.reporting.run_records import latest_artifact_uri
-
     gate = sidecars.read_gate(latest_artifact_uri(config, sidecars.EVALUATOR, "evaluation"))
     assert RELABELLED in {f["class"] for f in gate["failures"]}, gate["failures"]
     assert all(f["class"] for f in gate["failures"])  # the overall thresholds alone would have passed
@@ -200,19 +267,63 @@ def test_a_refused_batch_is_not_retrained(refused_again, config):
 @pytest.fixture(scope="module")
 def extra_class_run(refused_again, root, config):
     data = presplit_data(root / "data4", classes=4)
-    return ftune_run(config.pipeline_root, data)
+    return data, ftune_run(config.pipeline_root, data)
 
 
 def test_extra_class_is_compared_on_floors_only_and_says_so(extra_class_run, config):
-    result = extra_class_run
+    _, result = extra_class_run
     assert result.returncode == outcome.EXIT_OK, explain(result)
     assert served(config) == [1, 2]
+    for version in (1, 2):
+        assert os.path.isfile(os.path.join(config.serving_model_dir, str(version), "saved_model.pb"))
     record = record_of(config, 2)
     assert record["labels"] == sorted(SHAPE_NAMES[:4])
     assert record["gate"]["change_thresholds_used"] is False and record["gate"]["baseline_version"] == 1
     assert record["gate"]["thresholds"]["max_class_recall_drop"] is None
     assert "different label vocabulary" in record["gate"]["baseline_note"]
     assert "floors only" in result.stdout and "different label vocabulary" in result.stdout
+
+
+def test_served_model_answers_image_bytes_with_class_names(extra_class_run, config):
+    import tensorflow as tf
+
+    data, _ = extra_class_run
+    model = tf.saved_model.load(os.path.join(config.serving_model_dir, "2"))
+    classes = sorted(SHAPE_NAMES[:4])
+    files = [sorted((data / "validation" / c).iterdir())[0] for c in classes]
+    outputs = model.signatures["serving_default"](image_bytes=tf.constant([f.read_bytes() for f in files]))
+    assert outputs["probabilities"].shape == (len(classes), len(classes))
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert set(n.decode() for n in outputs["class_names"].numpy()) <= set(classes)
+    warmup = os.path.join(config.serving_model_dir, "2", "assets.extra", "tf_serving_warmup_requests")
+    assert os.path.getsize(warmup) > 0
+
+
+def test_no_train_serve_skew(extra_class_run, config):
+    """For the same file: exported serving_default(bytes) == in-training Keras model on Transform's output."""
+    import keras
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from trainer.features import parse_images
+
+    data, _ = extra_class_run
+    model_uri = latest_artifact_uri(config, sidecars.TRAINER, "model")
+    run_uri = latest_artifact_uri(config, sidecars.TRAINER, "model_run")
+    transformed_uri = latest_artifact_uri(config, "Transform", "transformed_examples")
+    keras_model = keras.models.load_model(os.path.join(run_uri, sidecars.KERAS_MODEL_FILE))
+    tft_output = tft.TFTransformOutput(latest_artifact_uri(config, "Transform", "transform_graph"))
+    spec = tft_output.transformed_feature_spec()
+    files = tf.io.gfile.glob(os.path.join(transformed_uri, "Split-eval", "*"))
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").take(8).as_numpy_iterator())
+    features = tf.io.parse_example(records, spec)
+    images = parse_images(features["image_raw"], 96)
+    in_training = tf.nn.softmax(keras_model(images, training=False), axis=-1).numpy()
+
+    exported = tf.saved_model.load(sidecars.serving_model_dir(model_uri))
+    raw = [(data / name.decode()).read_bytes() for name in features["file_name"].numpy()]
+    served_probabilities = exported.signatures["serving_default"](image_bytes=tf.constant(raw))["probabilities"]
+    np.testing.assert_allclose(served_probabilities.numpy(), in_training, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ same_model_served look at); the whole pipeline's versions are checked in test_go
 
 import json
 import os
+import threading
 
+import numpy as np
 import pytest
 
 from pipeline import cli, outcome
@@ -92,3 +94,48 @@ def test_versions_table_and_json(serving, capsys):
     assert lines[2].startswith("2 ") and "0.930" in lines[2] and "0.920" in lines[2]
     assert "/data/images" in lines[2] and "TF Serving serves this" in lines[2]
     assert "TF Serving serves this" not in lines[1]
+
+
+# --- atomic push under a polling reader (moved from test_pipeline_e2e.py) ----------------------------------------
+
+
+def test_polling_reader_only_sees_complete_versions(tmp_path):
+    source = tmp_path / "model"
+    (source / "variables").mkdir(parents=True)
+    files = {
+        "saved_model.pb": 3_000_000,
+        "variables/variables.data-00000-of-00001": 40_000_000,
+        "variables/variables.index": 200_000,
+        "fingerprint.pb": 100,
+    }
+    rng = np.random.default_rng(0)
+    for name, size in files.items():
+        (source / name).write_bytes(rng.bytes(size))
+    serving = tmp_path / "serving" / "m"
+    seen_incomplete, polls = [], [0]
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            polls[0] += 1
+            for name in os.listdir(serving) if serving.exists() else []:
+                if not name.isdigit():
+                    continue  # TF Serving ignores non-integer folder names
+                for rel, size in files.items():
+                    path = serving / name / rel
+                    if not path.exists() or path.stat().st_size != size:
+                        seen_incomplete.append((name, rel))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        pushed = [model_versions.push_atomically(str(source), str(serving)) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    assert pushed == [1, 2, 3]
+    assert polls[0] > 10, "the reader must have polled during the pushes"
+    assert seen_incomplete == []
+    assert sorted(os.listdir(serving)) == ["1", "2", "3"]  # no staging leftovers
+    assert model_versions.prune_versions(str(serving), keep=2) == [1]
+    assert sorted(os.listdir(serving)) == ["2", "3"]
