@@ -219,9 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from pipeline.local_runner import StdoutToStderr, check_data_root, enable_progress_logging, run_local, say
     from pipeline.reporting.run_records import change_decision, component_timings, load_run
+    from trainer.settings import resolve_weights
 
     config = _load(args)
     check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
+    resolve_weights(config.trainer.weights)  # likewise a weights file that is not there
     enable_progress_logging(verbose=args.verbose)
     # --json: stdout carries the summary data only; progress and the text summary go to stderr.
     to_stderr = StdoutToStderr() if args.json else contextlib.nullcontext()

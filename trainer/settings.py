@@ -7,7 +7,8 @@ settings in a fraction of a second. `pipeline/configs.py` composes this section 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterable, List, NamedTuple
+import os
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,34 @@ RUN_PARAMETER_FIELDS = ("phase1_epochs", "phase2_epochs", "warm_phase1_epochs", 
 IMAGENET = "imagenet"
 NO_WEIGHTS = "none"
 WEIGHTS_ENV_VAR = "FTUNE_WEIGHTS"
+
+
+def resolve_weights(setting: str) -> Optional[str]:
+    """Turns the `trainer.weights` setting into what `keras.applications` accepts.
+
+    Returns "imagenet", an existing local file path, or None (random initialisation).
+    """
+    setting = (setting or "").strip()
+    if not setting:
+        from_env = os.environ.get(WEIGHTS_ENV_VAR, "").strip()
+        if from_env:
+            return _existing_file(from_env, source=f"the environment variable {WEIGHTS_ENV_VAR}")
+        return IMAGENET
+    if setting.lower() == IMAGENET:
+        return IMAGENET
+    if setting.lower() == NO_WEIGHTS:
+        return None
+    return _existing_file(setting, source="the config value trainer.weights")
+
+
+def _existing_file(path: str, source: str) -> str:
+    expanded = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(expanded):
+        raise ConfigError(
+            f"weights file {path!r} (from {source}) does not exist; trainer.weights must be an existing "
+            f"weights file, 'imagenet', 'none', or empty (then {WEIGHTS_ENV_VAR} or 'imagenet' is used)"
+        )
+    return expanded
 
 
 @dataclasses.dataclass

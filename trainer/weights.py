@@ -13,12 +13,12 @@ head on top of the frozen base, so a random base would produce a chance-level mo
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Tuple
 
 import keras
 
-from trainer.settings import IMAGENET, NO_WEIGHTS, WEIGHTS_ENV_VAR, ConfigError
+# resolve_weights lives with the settings (no TensorFlow), so the CLI checks a weights path before Keras loads.
+from trainer.settings import IMAGENET, NO_WEIGHTS, WEIGHTS_ENV_VAR, ConfigError, resolve_weights  # noqa: F401
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -27,34 +27,6 @@ class WeightsUnavailableError(RuntimeError):
 
 class WeightsFileError(ConfigError):
     """A local weights file cannot be loaded into the chosen base: truncated, corrupt, or for another network."""
-
-
-def resolve_weights(setting: str) -> Optional[str]:
-    """Turns the `trainer.weights` setting into what `keras.applications` accepts.
-
-    Returns "imagenet", an existing local file path, or None (random initialisation).
-    """
-    setting = (setting or "").strip()
-    if not setting:
-        from_env = os.environ.get(WEIGHTS_ENV_VAR, "").strip()
-        if from_env:
-            return _existing_file(from_env, source=f"the environment variable {WEIGHTS_ENV_VAR}")
-        return IMAGENET
-    if setting.lower() == IMAGENET:
-        return IMAGENET
-    if setting.lower() == NO_WEIGHTS:
-        return None
-    return _existing_file(setting, source="the config value trainer.weights")
-
-
-def _existing_file(path: str, source: str) -> str:
-    expanded = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(expanded):
-        raise ConfigError(
-            f"weights file {path!r} (from {source}) does not exist; trainer.weights must be an existing "
-            f"weights file, 'imagenet', 'none', or empty (then {WEIGHTS_ENV_VAR} or 'imagenet' is used)"
-        )
-    return expanded
 
 
 def build_base(
