@@ -23,13 +23,14 @@ for c in "$${PYTHON310:-}" python3.10 \
 done
 endef
 
-.PHONY: help setup demo test test-fast lint docs clean
+.PHONY: help setup demo test test-fast lint docs docs-pictures clean
 help:
 	@echo "make demo   set up, then run the whole pipeline on generated sample data"
 	@echo "make test   set up, then run the test suite"
 	@echo "make test-fast  the tests not marked slow (no whole-pipeline runs): minutes, for the edit loop"
 	@echo "make lint   ruff (style, errors) and lint-imports (the layer contracts in pyproject.toml)"
 	@echo "make docs   regenerate the reference pages (tools/gen_docs.py), then build the docs site into site/"
+	@echo "make docs-pictures  re-take the docs' screenshots (docs/images/) from two small runs; needs Chromium"
 	@echo "make setup  create $(VENV) (Python 3.10) and install the project with constraints.txt (idempotent)"
 
 setup: $(STAMP)
@@ -72,6 +73,12 @@ lint: setup
 docs: setup
 	$(PY) tools/gen_docs.py
 	$(VENV)/bin/mkdocs build --strict --quiet
+
+# The report, summary and versions pictures in docs/images/: two small runs on sample data, screenshots by headless
+# Chromium (apt-get install -y chromium; not a dependency of ftune). About 4 minutes; on demand, not part of
+# `make docs` or CI: re-take them when the report or the console output changes, and commit the PNGs.
+docs-pictures: setup
+	$(PY) tools/capture_docs_pictures.py
 
 clean:
 	rm -rf outputs site .pytest_cache

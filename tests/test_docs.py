@@ -69,8 +69,9 @@ def anchors(path: str) -> Set[str]:
 
 
 def links(path: str) -> List[str]:
-    """Every link target of a page, outside code (from the rendered HTML)."""
-    return re.findall(r'<a [^>]*href="([^"]*)"', _render(path).html)
+    """Every link target of a page, outside code (from the rendered HTML), pictures included."""
+    html = _render(path).html
+    return re.findall(r'<a [^>]*href="([^"]*)"', html) + re.findall(r'<img [^>]*src="([^"]*)"', html)
 
 
 # --- generated pages ----------------------------------------------------------------------------------------------
