@@ -28,6 +28,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.experimental.simple_artifacts import File
 
+from components import label_fixes
 from components.change_check import (
     TRAINING_CODE_VERSION,
     WEIGHTS_DIGEST_KEY,
@@ -170,6 +171,8 @@ def build_record(
             "spans": (ingest or {}).get("spans"),
             "fingerprint": (ingest or {}).get("input_fingerprint"),
             "images_per_class": (ingest or {}).get("accepted_per_split"),
+            # The label fixes ingestion applied: {path, sha256, counts} (components/label_fixes.py); null without.
+            "label_fixes": label_fixes.record_of((ingest or {}).get("label_fixes")),
         },
         "settings": settings,
         "metrics": {

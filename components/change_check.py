@@ -78,6 +78,8 @@ NOT_TRAINING_KEYS = (
     "beam_args",
     "kubeflow",
     "data.data_root",
+    # Where the label fixes are; their content is in the input fingerprint (components/label_fixes.py).
+    "data.label_fixes",
     "push.serving_dir",
     "push.model_name",
     "push.keep_versions",
@@ -331,9 +333,12 @@ def check(exec_properties: Mapping[str, Any]) -> Decision:
     train_dir, eval_dir = exec_properties[TRAIN_DIR_KEY], exec_properties[EVAL_DIR_KEY]
     spans = select_spans(data_root, exec_properties[SPANS_KEY])
     split_mode = resolve_split_mode(data_root, exec_properties[SPLIT_MODE_KEY], train_dir, eval_dir, spans)
-    fingerprint = input_fingerprint(data_root, make_input_config(split_mode, train_dir, eval_dir), spans)
+    configured = json.loads(exec_properties[SETTINGS_KEY])
+    # The label fixes file's content is part of the input (components/label_fixes.py): new fixes are new data.
+    label_fixes = (configured.get("data") or {}).get("label_fixes") or ""
+    fingerprint = input_fingerprint(data_root, make_input_config(split_mode, train_dir, eval_dir), spans, label_fixes)
     overrides = {name: exec_properties.get(name) for name in OVERRIDES}
-    settings = current_settings(json.loads(exec_properties[SETTINGS_KEY]), overrides)
+    settings = current_settings(configured, overrides)
     serving_model_dir = exec_properties[SERVING_MODEL_DIR_KEY]
     served_version, served_path = latest_served(serving_model_dir)
     return decide(

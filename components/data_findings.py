@@ -42,7 +42,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -178,6 +178,40 @@ def _examine(
         log.info("Trainer: %s", changed)
     log.info("Trainer: the training data's check took %.1f s (features %.1f s)", findings.seconds, data.seconds)
     return findings
+
+
+def leave_out_kept(findings: Optional[Findings], kept: Iterable[str]) -> Optional[Findings]:
+    """The findings without the flagged images a person's label fixes marked `keep` (components/label_fixes.py):
+    they leave the flagged list, the counts and their folders' groups; `kept_left_out` says how many. The images
+    still train and still count in `images`."""
+    kept = set(kept)
+    issues = findings.label_issues if findings else None
+    if not kept or not issues or "flagged" not in issues:
+        return findings
+    out = [entry for entry in issues["flagged"] if entry["file_name"] in kept]
+    if not out:
+        return findings
+    groups = {g["folder"]: dict(g, looks_like=dict(g.get("looks_like") or {})) for g in issues["groups"]}
+    for entry in out:
+        group = groups.get(class_folder(entry["file_name"], entry["given"]))
+        if group is None:
+            continue
+        group["flagged"] -= 1
+        like = group["looks_like"]
+        like[entry["suggested"]] = like.get(entry["suggested"], 0) - 1
+        if like[entry["suggested"]] <= 0:
+            del like[entry["suggested"]]
+    flagged = [entry for entry in issues["flagged"] if entry["file_name"] not in kept]
+    updated = {
+        **issues,
+        "flagged": flagged,
+        "flagged_count": len(flagged),
+        "flagged_fraction": len(flagged) / issues["images"] if issues.get("images") else 0.0,
+        "groups": sorted(groups.values(), key=lambda g: (-g["flagged"], -g["flagged"] / g["images"], g["folder"])),
+        "kept_left_out": len(out),
+    }
+    log.info("Trainer: %d flagged image(s) left out: a person's label fixes kept their labels", len(out))
+    return dataclasses.replace(findings, label_issues=updated)
 
 
 def write_findings(findings: Findings, model_root: str, export_dir: str) -> None:

@@ -40,7 +40,7 @@ from tfx.components.trainer import executor as trainer_executor
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts, standard_component_specs
-from tfx.types.component_spec import ExecutionParameter
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import json_utils
 
 from components import data_findings
@@ -58,6 +58,11 @@ TFLITE_KEY = "tflite"
 SHUFFLE_BUFFER = 4096
 # custom_config key the executor adds: the served version the `base_model` input holds (absent: none).
 SERVED_VERSION_KEY = "served_version"
+# custom_config key the executor adds: the files a person's label fixes marked `keep` (the ingest report of the
+# `ingested_examples` input, components/label_fixes.py): the check of the training data does not flag them.
+KEPT_FILES_KEY = "kept_files"
+# The Trainer's optional input: ImageExampleGen's Examples, for their ingest report.
+INGESTED_EXAMPLES_KEY = "ingested_examples"
 # custom_config key of the weights file's content digest (pipeline.create_pipeline, local runs): not read here, it
 # only makes MLMD's cache key change when other bytes sit at the same trainer.weights path.
 WEIGHTS_DIGEST_KEY = "weights_digest"
@@ -226,6 +231,7 @@ def run_fn(fn_args: FnArgs) -> None:
         )
         if from_cache:
             findings = findings_of_cache[0] if findings_of_cache else None
+        findings = data_findings.leave_out_kept(findings, (fn_args.custom_config or {}).get(KEPT_FILES_KEY) or [])
     history["train_wall_s"] = time.time() - started
     history["class_names"] = class_names
     # The settings in effect (run parameters included), for the pushed version's record: as configured, before a
@@ -285,6 +291,10 @@ class FineTuneTrainerSpec(standard_component_specs.TrainerSpec):
         **standard_component_specs.TrainerSpec.PARAMETERS,
         **{name: ExecutionParameter(type=kind, optional=True) for name, kind in RUNTIME_OVERRIDES.items()},
     }
+    INPUTS = {
+        **standard_component_specs.TrainerSpec.INPUTS,
+        INGESTED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+    }
 
 
 def apply_overrides(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
@@ -313,9 +323,25 @@ def add_served_version(exec_properties: Dict[str, Any], input_dict: Dict[str, Li
     return {**exec_properties, "custom_config": json_utils.dumps(custom)}
 
 
+def add_kept_files(exec_properties: Dict[str, Any], input_dict: Dict[str, List[types.Artifact]]) -> Dict[str, Any]:
+    """exec_properties whose custom_config lists the files the label fixes kept (the ingest report of the
+    `ingested_examples` input), when there are any."""
+    examples = input_dict.get(INGESTED_EXAMPLES_KEY) or []
+    report = sidecars.read_ingest_report(examples[0].uri) if examples else None
+    kept = ((report or {}).get("label_fixes") or {}).get("kept") or []
+    if not kept:
+        return exec_properties
+    custom = json_utils.loads(exec_properties.get("custom_config") or "null") or {}
+    custom[KEPT_FILES_KEY] = list(kept)
+    return {**exec_properties, "custom_config": json_utils.dumps(custom)}
+
+
 class FineTuneExecutor(trainer_executor.GenericExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
-        super().Do(input_dict, output_dict, add_served_version(apply_overrides(exec_properties), input_dict))
+        exec_properties = add_kept_files(add_served_version(apply_overrides(exec_properties), input_dict), input_dict)
+        # The GenericExecutor builds its FnArgs from the stock inputs only.
+        stock = {key: value for key, value in input_dict.items() if key != INGESTED_EXAMPLES_KEY}
+        super().Do(stock, output_dict, exec_properties)
 
 
 class FineTuneTrainer(tfx.components.Trainer):
@@ -333,6 +359,7 @@ class FineTuneTrainer(tfx.components.Trainer):
         train_args,
         eval_args,
         base_model=None,
+        ingested_examples=None,
         **overrides,
     ):
         unknown = set(overrides) - set(RUNTIME_OVERRIDES)
@@ -343,6 +370,7 @@ class FineTuneTrainer(tfx.components.Trainer):
             transform_graph=transform_graph,
             schema=schema,
             base_model=base_model,
+            ingested_examples=ingested_examples,
             train_args=train_args,
             eval_args=eval_args,
             run_fn=run_fn,

@@ -50,6 +50,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
+from components import label_fixes as lf
+
 # The names marked "re-exported" live in the listing and inspection modules; other modules and tests still import
 # them from here.
 from components.image_inspection import (
@@ -59,10 +61,11 @@ from components.image_inspection import (
 from components.image_listing import (
     DataUnusableError,
     InputListing,
+    apply_label_fixes,
     check_layout,  # noqa: F401  re-exported
     check_listing,
     input_files,  # noqa: F401  re-exported
-    input_fingerprint,  # noqa: F401  re-exported
+    input_fingerprint,
     list_classes,  # noqa: F401  re-exported
     list_files,  # noqa: F401  re-exported
     list_input,
@@ -83,6 +86,8 @@ MAX_QUARANTINE_FRACTION_KEY = "max_quarantine_fraction"
 MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
 SPANS_KEY = "spans"
 MAX_FILE_BYTES_KEY = "max_file_bytes"
+# data.label_fixes: the fixes file, or "" for `<input_base>/label_fixes.csv` when it exists (components/label_fixes.py).
+LABEL_FIXES_KEY = "label_fixes"
 # Examples artifact properties (JSON list of span folders read; fingerprint of the selected input files).
 SPANS_PROPERTY = "spans"
 INPUT_FINGERPRINT_PROPERTY = "input_fingerprint"
@@ -234,6 +239,15 @@ class Executor(BaseExampleGenExecutor):
         listing = list_input(input_base, input_config, spans)
         class_names = check_listing(listing)
         logging.info("ImageExampleGen: classes (label ids in this order): %s", class_names)
+        # A person's label fixes, checked before anything is read (a bad row stops the run here).
+        fixes = lf.load_label_fixes(input_base, exec_properties.get(LABEL_FIXES_KEY) or "")
+        listing = apply_label_fixes(listing, fixes, class_names)
+        if listing.label_fixes:
+            logging.info(
+                "ImageExampleGen: label fixes %s: %s",
+                listing.label_fixes["path"],
+                lf.counts_text(listing.label_fixes["counts"]),
+            )
 
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         quarantine_dir = os.path.join(examples.uri, "_quarantine")
@@ -241,12 +255,15 @@ class Executor(BaseExampleGenExecutor):
         exec_properties[_CLASS_NAMES_KEY] = json.dumps(class_names)
         exec_properties[_LISTING_KEY] = listing
         exec_properties[_QUARANTINE_DIR_KEY] = quarantine_dir
+        write_dropped(quarantine_dir, input_base, listing)
 
         super().Do(input_dict, output_dict, exec_properties)
 
         report = build_report(examples.uri, input_base, input_config, class_names, quarantine_dir)
         report["spans"] = spans
         report["input_fingerprint"] = listing.fingerprint()
+        if listing.label_fixes:
+            report["label_fixes"] = listing.label_fixes
         report_path = write_report(examples, report)
         try:
             check_usable(report, float(exec_properties[MAX_QUARANTINE_FRACTION_KEY]), report_path)
@@ -258,6 +275,22 @@ class Executor(BaseExampleGenExecutor):
 
 
 # --- report ----------------------------------------------------------------------------------------------------
+
+
+def write_dropped(quarantine_dir: str, input_base: str, listing: InputListing) -> None:
+    """Quarantine records of the files a `drop` fix took out (beside the Beam sources' records)."""
+    if not listing.dropped:
+        return
+    tf.io.gfile.makedirs(quarantine_dir)
+    with tf.io.gfile.GFile(os.path.join(quarantine_dir, "label_fixes.jsonl"), "w") as f:
+        for dropped in listing.dropped:
+            record = {
+                "path": os.path.join(input_base, dropped.path),
+                "file_name": dropped.path,
+                "class_name": dropped.class_name,
+                "reason": lf.DROP_REASON,
+            }
+            f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def count_examples(split_uri: str) -> Dict[str, int]:
@@ -286,6 +319,9 @@ def build_report(
             accepted[split_dir[len("Split-") :]] = count_examples(os.path.join(examples_uri, split_dir))
     n_accepted = sum(sum(c.values()) for c in accepted.values())
     scanned = n_accepted + len(quarantined)
+    # Files a person dropped are listed, not counted against data.max_quarantine_fraction.
+    dropped = sum(1 for r in quarantined if r.get("reason") == lf.DROP_REASON)
+    bad, read = len(quarantined) - dropped, scanned - dropped
     return {
         "input_base": input_base,
         "splits": [{"name": s.name, "pattern": s.pattern} for s in input_config.splits],
@@ -294,7 +330,7 @@ def build_report(
         "accepted": n_accepted,
         "accepted_per_split": accepted,
         "quarantined_count": len(quarantined),
-        "quarantined_fraction": (len(quarantined) / scanned) if scanned else 0.0,
+        "quarantined_fraction": (bad / read) if read else 0.0,
         "quarantined": quarantined,
     }
 
@@ -333,8 +369,9 @@ def keep_failed_report(examples_uri: str, report: Dict[str, Any]) -> str:
 
 def check_usable(report: Dict[str, Any], max_quarantine_fraction: float, report_path: str) -> None:
     if report["quarantined_fraction"] > max_quarantine_fraction:
+        dropped = (report.get("label_fixes") or {}).get("counts", {}).get("dropped", 0)
         raise DataUnusableError(
-            f"{report['quarantined_count']} of {report['scanned']} files "
+            f"{report['quarantined_count'] - dropped} of {report['scanned'] - dropped} files "
             f"({report['quarantined_fraction']:.1%}) were quarantined, above data.max_quarantine_fraction="
             f"{max_quarantine_fraction}; see the quarantine list in {report_path}"
         )
@@ -350,16 +387,20 @@ def check_usable(report: Dict[str, Any], max_quarantine_fraction: float, report_
 
 
 class _ImageFolderInputProcessor(input_processor.FileBasedInputProcessor):
-    def __init__(self, input_base_uri, splits, range_config, spans_setting: str):
+    def __init__(self, input_base_uri, splits, range_config, spans_setting: str, label_fixes: str = ""):
         super().__init__(input_base_uri, splits, range_config)
         self._spans_setting = spans_setting
+        self._label_fixes = label_fixes
 
     def resolve_span_and_version(self):
         spans = select_spans(self._input_base_uri, self._spans_setting)
-        listing = list_input(self._input_base_uri, example_gen_pb2.Input(splits=self._splits), spans)
         # MLMD's cache key: the spans selected (a new, still empty span must not reuse the last run's Examples)
-        # and the input fingerprint, recursive below the class folders (TFX's own only globs the split pattern).
-        self._fingerprint = f"spans:{','.join(spans)}\n{listing.fingerprint()}"
+        # and the input fingerprint, recursive below the class folders (TFX's own only globs the split pattern),
+        # with the label fixes file's content.
+        fingerprint = input_fingerprint(
+            self._input_base_uri, example_gen_pb2.Input(splits=self._splits), spans, self._label_fixes
+        )
+        self._fingerprint = f"spans:{','.join(spans)}\n{fingerprint}"
         # The Examples' `span` property: the newest span read (0 without spans). No patterns to rewrite.
         return (span_number(spans[-1]) if spans else 0), None
 
@@ -370,13 +411,15 @@ class ImageFolderDriver(FileBasedDriver):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._spans_setting = None  # set from the execution property before the input processor is made
+        self._label_fixes = ""
 
     def resolve_exec_properties(self, exec_properties, pipeline_info, component_info):
         self._spans_setting = exec_properties[SPANS_KEY]
+        self._label_fixes = exec_properties.get(LABEL_FIXES_KEY) or ""
         return super().resolve_exec_properties(exec_properties, pipeline_info, component_info)
 
     def get_input_processor(self, splits, range_config=None, input_base_uri=None):
-        return _ImageFolderInputProcessor(input_base_uri, splits, range_config, self._spans_setting)
+        return _ImageFolderInputProcessor(input_base_uri, splits, range_config, self._spans_setting, self._label_fixes)
 
 
 # --- the component ---------------------------------------------------------------------------------------------
@@ -389,6 +432,7 @@ class ImageExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int),
         SPANS_KEY: ExecutionParameter(type=str),
         MAX_FILE_BYTES_KEY: ExecutionParameter(type=int),
+        LABEL_FIXES_KEY: ExecutionParameter(type=str, optional=True),
     }
 
 
@@ -413,6 +457,7 @@ class ImageExampleGen(FileBasedExampleGen):
             max_image_pixels=data.max_image_pixels,
             spans=data.spans,
             max_file_bytes=data.max_file_bytes,
+            label_fixes=data.label_fixes,
             examples=types.Channel(type=types.standard_artifacts.Examples),
         )
         # Skip FileBasedExampleGen.__init__ (it builds the stock spec); the base class does the rest.

@@ -9,6 +9,12 @@ Layouts (relative to `input_base`; see components/image_example_gen.py):
 its path relative to input_base, its size and modification time. The same listing gives the layout checks
 (`check_listing`), the files each split's Beam source reads, and the input fingerprint the ingest report, the
 served version's record and the no-op pre-check compare (serving/model_record.files_fingerprint).
+
+`apply_label_fixes` applies a person's label fixes (components/label_fixes.py) to a checked listing: relabelled
+files carry their new class, dropped ones move to `dropped`, and the fingerprint includes the fixes file's hash.
+
+Local folders are read with os alone: TensorFlow is imported only for a URI (gs://...), so the CLI checks a local
+data root and its fixes before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import re
 import unicodedata
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import tensorflow as tf
 from tfx.proto import example_gen_pb2
 
+from components import label_fixes as lf
 from components.settings import span_window
 from serving.model_record import files_fingerprint
 
@@ -62,7 +68,7 @@ def resolve_split_mode(
     if split_mode != "auto":
         return split_mode
     roots = [os.path.join(data_root, span) for span in spans] or [data_root]
-    presplit = [all(tf.io.gfile.isdir(os.path.join(root, d)) for d in (train_dir, eval_dir)) for root in roots]
+    presplit = [all(_isdir(os.path.join(root, d)) for d in (train_dir, eval_dir)) for root in roots]
     if any(presplit) and not all(presplit):
         mixed = [span for span, pre in zip(spans, presplit, strict=True) if not pre]
         raise DataUnusableError(
@@ -92,13 +98,13 @@ def split_roots(input_base: str, spans: Sequence[str], pattern: str) -> List[Tup
 
 def list_spans(input_base: str) -> List[str]:
     """The `span-<N>` folders directly under input_base, oldest (lowest N) first; [] for a plain layout."""
-    if not tf.io.gfile.isdir(input_base):
+    if not _isdir(input_base):
         return []
     found = []
-    for name in tf.io.gfile.listdir(input_base):
+    for name in _listdir(input_base):
         name = name.rstrip("/")
         match = SPAN_FOLDER.match(name)
-        if match and tf.io.gfile.isdir(os.path.join(input_base, name)):
+        if match and _isdir(os.path.join(input_base, name)):
             found.append((int(match.group(1)), name))
     return [name for _, name in sorted(found)]
 
@@ -129,16 +135,27 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def _gfile():
+    """TensorFlow's file system, for URIs only (imported when first needed)."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
 def _isdir(path: str) -> bool:
-    return tf.io.gfile.isdir(path) if is_uri(path) else os.path.isdir(path)
+    return _gfile().isdir(path) if is_uri(path) else os.path.isdir(path)
+
+
+def _listdir(path: str) -> List[str]:
+    # os for local folders: TensorFlow's listdir fails outright on a name that is not valid UTF-8.
+    return _gfile().listdir(path) if is_uri(path) else os.listdir(path)
 
 
 def list_classes(split_root: str) -> List[str]:
     """Sorted class folder names directly under split_root (hidden folders and OS litter ignored)."""
-    if not tf.io.gfile.isdir(split_root):
+    if not _isdir(split_root):
         raise DataUnusableError(f"image folder {split_root} does not exist or is not a directory")
-    # os for local folders: TensorFlow's listdir fails outright on a name that is not valid UTF-8.
-    names = tf.io.gfile.listdir(split_root) if is_uri(split_root) else os.listdir(split_root)
+    names = _listdir(split_root)
     return sorted(
         name.rstrip("/") for name in names if not is_litter(name.rstrip("/")) and _isdir(os.path.join(split_root, name))
     )
@@ -284,11 +301,11 @@ def _is_foreign(real: str, own_class: str, other_classes: List[str]) -> bool:
 def _walk_uri_files(split_root: str, classes: List[str]) -> List[ListedFile]:
     files = []
     for class_name in classes:
-        for dirpath, dirnames, filenames in tf.io.gfile.walk(os.path.join(split_root, class_name)):
+        for dirpath, dirnames, filenames in _gfile().walk(os.path.join(split_root, class_name)):
             dirnames[:] = sorted(d for d in dirnames if not is_litter(d.rstrip("/")))
             for filename in sorted(f for f in filenames if not is_litter(f)):
                 full = os.path.join(dirpath, filename)
-                stat = tf.io.gfile.stat(full)
+                stat = _gfile().stat(full)
                 files.append(ListedFile(class_name, full[len(split_root) :].lstrip("/"), stat.length, stat.mtime_nsec))
     return files
 
@@ -320,6 +337,9 @@ class InputListing:
     input_base: str
     spans: List[str]
     splits: List[SplitListing]
+    # After apply_label_fixes: the files a `drop` fix took out of `splits`, and ingest_report.json's "label_fixes".
+    dropped: List[ListedFile] = dataclasses.field(default_factory=list)
+    label_fixes: Optional[Dict[str, Any]] = None
 
     def files(self, pattern: Optional[str] = None) -> List[ListedFile]:
         """The files of every split, or of the split with this pattern."""
@@ -334,7 +354,13 @@ class InputListing:
     def fingerprint(self) -> str:
         """The input fingerprint (serving/model_record.files_fingerprint): what the ingest report, the Examples
         artifact and the served version's record hold, and what the no-op pre-check compares."""
-        return files_fingerprint((f.path, f.size, f.mtime_ns) for f in self.files())
+        on_disk = self.files() + self.dropped
+        files = files_fingerprint((f.path, f.size, f.mtime_ns) for f in on_disk)
+        return lf.fingerprint_with_fixes(files, (self.label_fixes or {}).get("sha256"))
+
+    def file_classes(self) -> Dict[str, str]:
+        """{file name: its class} of every listed file."""
+        return {f.path: f.class_name for f in self.files() + self.dropped}
 
 
 def list_input(input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str]) -> InputListing:
@@ -344,7 +370,7 @@ def list_input(input_base: str, input_config: example_gen_pb2.Input, spans: Sequ
     for split in input_config.splits:
         folders = []
         for folder, rel in split_roots(input_base, spans, split.pattern):
-            if not tf.io.gfile.isdir(folder):
+            if not _isdir(folder):
                 folders.append(FolderListing(folder, False, [], []))
                 continue
             classes = list_classes(folder)
@@ -362,9 +388,58 @@ def input_files(input_base: str, input_config: example_gen_pb2.Input, spans: Seq
     return [(f.class_name, f.path) for f in list_input(input_base, input_config, spans).files()]
 
 
-def input_fingerprint(input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str]) -> str:
-    """The fingerprint of the selected input files, from a fresh walk (the no-op pre-check's)."""
-    return list_input(input_base, input_config, spans).fingerprint()
+def input_fingerprint(
+    input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str], label_fixes: str = ""
+) -> str:
+    """The fingerprint of the selected input files and the label fixes file's content (when there is one), from
+    a fresh walk (the no-op pre-check's). `label_fixes`: the data.label_fixes setting."""
+    listing = list_input(input_base, input_config, spans)
+    fixes = lf.load_label_fixes(input_base, label_fixes)
+    files = files_fingerprint((f.path, f.size, f.mtime_ns) for f in listing.files())
+    return lf.fingerprint_with_fixes(files, fixes.sha256 if fixes else None)
+
+
+# --- label fixes -----------------------------------------------------------------------------------------------
+
+
+def apply_label_fixes(listing: InputListing, fixes: Optional[lf.LabelFixes], class_names: List[str]) -> InputListing:
+    """The listing with `fixes` applied (checked first: LabelFixesError names a bad row): relabelled files carry
+    their new class, dropped files are in `dropped` instead of their split, `label_fixes` says what was applied.
+    Without fixes, the listing as it is. Call it on a listing check_listing accepted (its `class_names`)."""
+    if fixes is None:
+        return listing
+    file_classes = listing.file_classes()
+    lf.check_label_fixes(fixes, file_classes, class_names, listing.spans)
+    relabel = {f.file: f.class_name for f in fixes.by_action(lf.RELABEL)}
+    drop = {f.file for f in fixes.by_action(lf.DROP)}
+    dropped: List[ListedFile] = list(listing.dropped)
+    splits = []
+    for split in listing.splits:
+        folders = []
+        for folder in split.folders:
+            files = []
+            for f in folder.files:
+                if f.path in drop:
+                    dropped.append(f)
+                elif f.path in relabel:
+                    files.append(dataclasses.replace(f, class_name=relabel[f.path]))
+                else:
+                    files.append(f)
+            folders.append(dataclasses.replace(folder, files=files))
+        splits.append(dataclasses.replace(split, folders=folders))
+    return InputListing(listing.input_base, listing.spans, splits, dropped, lf.applied(fixes, file_classes))
+
+
+def check_input_and_fixes(
+    input_base: str, input_config: example_gen_pb2.Input, spans: Sequence[str], label_fixes: str = ""
+) -> Optional[Dict[str, Any]]:
+    """The layout checks and the label fixes' check of a fresh walk (what `ftune run` checks before the pipeline
+    starts); returns what the fixes would apply, None without a fixes file."""
+    fixes = lf.load_label_fixes(input_base, label_fixes)
+    if fixes is None:
+        return None
+    listing = list_input(input_base, input_config, spans)
+    return apply_label_fixes(listing, fixes, check_listing(listing)).label_fixes
 
 
 # --- layout checks ---------------------------------------------------------------------------------------------

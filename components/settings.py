@@ -40,6 +40,10 @@ class DataConfig:
     spans: str = "all"
     # Files larger than this many bytes are quarantined from their size, without being read into memory.
     max_file_bytes: int = 100_000_000
+    # A person's label fixes (CSV `file,action,class`; actions relabel, drop, keep: docs/operating.md), applied by
+    # ingestion. Empty: `<data_root>/label_fixes.csv` when that file exists (on Kubeflow: in the data_root run
+    # parameter's folder). A path or URI names another file, which must exist.
+    label_fixes: str = ""
     # Sample data generated when data_root is empty: written pre-split into train_dir/ and eval_dir/, eval_fraction of
     # each class held out, so every class has eval images for the per-class gate (class folders at the top, split by
     # hash, when split_mode is "hash"). 60 per class: 12 eval images per class, eval.min_class_examples is 10.

@@ -208,6 +208,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     config = _load(args)
     check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
+    check_label_fixes(config)
     run_local(config, stop_after="ingest")
     examples_uri = latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples")
     say(ingest_summary(examples_uri))
@@ -224,6 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
     resolve_weights(config.trainer.weights)  # likewise a weights file that is not there
+    check_label_fixes(config)
     enable_progress_logging(verbose=args.verbose)
     # --json: stdout carries the summary data only; progress and the text summary go to stderr.
     to_stderr = StdoutToStderr() if args.json else contextlib.nullcontext()
@@ -250,6 +252,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2), flush=True)
     return data["outcome"]["exit_code"]
+
+
+def check_label_fixes(config: PipelineConfig) -> None:
+    """A local data root's label fixes (components/label_fixes.py), checked before the pipeline starts and before
+    TensorFlow loads: a bad row is one line naming the file, the row and the problem (exit 3); ImageExampleGen
+    checks them again (on Kubeflow it is the only check)."""
+    data = config.data
+    if not data.data_root or "://" in data.data_root:
+        return
+    from components.image_listing import check_input_and_fixes, make_input_config, resolve_split_mode, select_spans
+
+    spans = select_spans(data.data_root, data.spans)
+    split_mode = resolve_split_mode(data.data_root, data.split_mode, data.train_dir, data.eval_dir, spans)
+    check_input_and_fixes(
+        data.data_root, make_input_config(split_mode, data.train_dir, data.eval_dir), spans, data.label_fixes
+    )
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from pipeline.reporting.run_records import latest_artifact_uri
+
+    config = _load(args)
+    model_uri = latest_artifact_uri(config, sidecars.TRAINER, "model") if os.path.exists(config.metadata_path) else None
+    issues = sidecars.read_label_issues(model_uri) if model_uri else None
+    if not issues or "flagged" not in issues:
+        why = (
+            f"the latest Trainer output {model_uri} has no check of its training data"
+            + (f" ({issues['error']})" if issues and issues.get("error") else " (trainer.label_issues=false?)")
+            if model_uri
+            else f"no Trainer ran under {config.pipeline_root}"
+        )
+        raise CommandError(
+            f"nothing to review: {why}. Run `ftune run` first, or pass the --pipeline-root of a run",
+            outcome.EXIT_UNUSABLE_INPUT,
+        )
+    rows = review_rows(issues)
+    path = os.path.abspath(args.out) if args.out else sidecars.review_path(config.pipeline_root)
+    sidecars.write_review(path, rows)
+    if args.json:
+        print(json.dumps({"path": path, "flagged": len(rows), "rows": rows}, indent=2))
+    print(
+        f"[ftune] review: {len(rows)} flagged image(s) of {issues.get('images', '?')} written to {path}: set "
+        "`action` to relabel (to `class`), drop or keep on the rows you decided, then save it as "
+        f"<data_root>/{sidecars.LABEL_FIXES_FILE} (or name it with --set data.label_fixes=FILE) and run again",
+        file=sys.stderr if args.json else sys.stdout,
+        flush=True,
+    )
+    return 0
+
+
+def review_rows(issues: dict) -> List[dict]:
+    """review.csv's rows (sidecars.REVIEW_COLUMNS) from label_issues.json's flagged images: `action` empty,
+    `class` the suggested class, so that accepting a suggestion is writing `relabel`."""
+    from components.image_listing import SPAN_FOLDER
+
+    rows = []
+    for entry in issues.get("flagged") or []:
+        first = entry["file_name"].split("/", 1)[0]
+        rows.append(
+            {
+                "file": entry["file_name"],
+                "action": "",
+                "class": entry["suggested"],
+                "span": first if SPAN_FOLDER.match(first) else "",
+                "given_class": entry["given"],
+                "suggested_class": entry["suggested"],
+                "probability": entry.get("suggested_probability", ""),
+            }
+        )
+    return rows
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -406,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the whole pipeline locally (ingest -> train -> gate -> push)",
         description="Run ExampleGen, StatisticsGen, SchemaGen, ExampleValidator, Transform, Trainer, "
-        "the served-model baseline, Evaluator and Pusher with LocalDagRunner (Beam "
-        "DirectRunner on all cores, MLMD in SQLite under the pipeline root). Caching is "
+        "the served-model baseline, Evaluator and Pusher with LocalDagRunner (Beam's "
+        "FnApiRunner in this process, MLMD in SQLite under the pipeline root). Caching is "
         "on: re-running after a failure resumes. Without --data-root, sample data is "
         "generated and used. Ends with a summary and writes the HTML report. Exit codes: "
         f"{outcome.EXIT_OK} pushed (or already served), {outcome.EXIT_GATE_REFUSED} the gate refused the model, "
@@ -455,6 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", type=int, metavar="N", help="the version to serve again (default: the one below the served one)"
     )
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "review",
+        help="write the latest run's flagged images (suspected label errors) to a CSV to decide on",
+        description="Write the images the latest run's check of the training data flagged as likely mislabelled "
+        f"to a CSV ({', '.join(sidecars.REVIEW_COLUMNS)}): `action` empty, `class` the suggested class. Set "
+        "`action` to relabel, drop or keep on the rows you decided (rows left empty are ignored) and save it as "
+        f"<data_root>/{sidecars.LABEL_FIXES_FILE}: the next run applies it (docs/operating.md).",
+    )
+    _add_config_options(p)
+    p.add_argument("--out", metavar="FILE", help=f"the CSV to write (default: <pipeline_root>/{sidecars.REVIEW_FILE})")
+    p.add_argument("--json", action="store_true", help="also print the rows as JSON on stdout")
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser(
         "report",

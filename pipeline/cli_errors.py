@@ -41,6 +41,7 @@ def report_error(exc: BaseException) -> int:
 # Errors of modules that load TensorFlow: (module, class, exit code, message prefix).
 _HEAVY_ERRORS = (
     ("components.image_listing", "DataUnusableError", outcome.EXIT_UNUSABLE_INPUT, "unusable data: "),
+    ("components.label_fixes", "LabelFixesError", outcome.EXIT_UNUSABLE_INPUT, "unusable input: "),
     ("pipeline.local_runner", "PipelineBusyError", outcome.EXIT_BUSY, ""),
     ("trainer.weights", "WeightsUnavailableError", outcome.EXIT_UNUSABLE_INPUT, ""),
 )

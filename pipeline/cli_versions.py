@@ -47,6 +47,8 @@ def list_versions(config: PipelineConfig, as_json: bool) -> int:
         print(json.dumps(data, indent=2))
         return outcome.EXIT_OK
     print(versions_table(listed) if listed else f"[ftune] no versions under {base}")
+    for line in fixes_lines(listed):
+        print(line)
     # A refusal that no longer applies (a push or a rollback since) is history: --json still has it.
     if refusal_applies(refused, served_now):
         print(refusal_lines(refused))
@@ -84,6 +86,22 @@ def versions_table(listed: List[dict]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def fixes_lines(listed: List[dict]) -> List[str]:
+    """`version 2: label fixes 0a1b2c3d4e5f (46 relabelled, 1 dropped, 0 kept) from <file>`: one line per version
+    trained with a person's label fixes (the record's data.label_fixes, components/label_fixes.py)."""
+    from components.label_fixes import counts_text
+
+    lines = []
+    for item in listed:
+        fixes = ((item["record"] or {}).get("data") or {}).get("label_fixes")
+        if not fixes:
+            continue
+        text = counts_text(fixes.get("counts"))
+        digest = (fixes.get("sha256") or "-").replace("sha256:", "")[:12]
+        lines.append(f"version {item['version']}: label fixes {digest} ({text}) from {fixes.get('path') or '-'}")
+    return lines
 
 
 def last_refused(serving_model_dir: str) -> Optional[Dict[str, Any]]:

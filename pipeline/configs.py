@@ -144,6 +144,7 @@ class PipelineConfig:
 
         self.pipeline_root = absolute(self.pipeline_root)
         self.data.data_root = absolute(self.data.data_root)
+        self.data.label_fixes = absolute(self.data.label_fixes)
         self.push.serving_dir = absolute(self.push.serving_dir)
         return self
 

@@ -427,7 +427,7 @@ def change_key(config: PipelineConfig, data_root: str, split_mode: str, spans: S
     return "\n".join(
         (
             serving_state(config.serving_model_dir),
-            input_fingerprint(data_root, input_config, spans),
+            input_fingerprint(data_root, input_config, spans, config.data.label_fixes),
             refused_digest,
             weights_identity(config.trainer.weights),
         )

@@ -9,9 +9,10 @@ A CronJob, a CI job or a script tells outcomes apart by the exit code alone:
     2  EXIT_INVALID_SETTINGS a setting, flag or config file is wrong, e.g. a weights file that is not there, a
                              version that does not exist, a malformed package; the KFP API refused the credentials
                              (HTTP 401/403) or is not at --host (404)
-    3  EXIT_UNUSABLE_INPUT   the input cannot be used: data folder missing or unusable, no weights obtainable, a
-                             path that does not exist or cannot be written, a malformed version record, nothing to
-                             work on (no run to report on, no serving folder, no image that could be scored)
+    3  EXIT_UNUSABLE_INPUT   the input cannot be used: data folder missing or unusable, a bad label fixes file
+                             (components/label_fixes.py), no weights obtainable, a path that does not exist or
+                             cannot be written, a malformed version record, nothing to work on (no run to report
+                             on, no serving folder, no image that could be scored)
     4  EXIT_GATE_REFUSED     the pipeline ran, the gate refused the model, nothing was pushed
     5  EXIT_BUSY             another `ftune run` holds the pipeline root's lock (named in the message): try later
     6  EXIT_UNAVAILABLE      a service ftune talks to (the KFP API; TF Serving for `predict --server`) did not

@@ -182,6 +182,8 @@ def _pipeline_components(
                 **_weights_digest_config(weights_digest),
             },
             base_model=baseline.outputs["baseline_model"],
+            # The ingest report's kept files (label fixes): the check of the training data does not flag them.
+            ingested_examples=example_gen.outputs["examples"],
             **{k: run_params[k] for k in fine_tune_trainer.RUNTIME_OVERRIDES if k in run_params},
         ).with_id(sidecars.TRAINER)
         components.append(trainer)

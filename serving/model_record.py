@@ -39,6 +39,11 @@ Keys added by issue 35 (optional for readers):
                      change_check.py; trainer/weights_digest.py), null for "imagenet", "none" or a URI. A record
                      without it is compared by hashing the file at its recorded path as it is now
 
+Keys added by issue 34 (optional for readers):
+    data.label_fixes {"path": "...", "sha256": "sha256:<hex>", "counts": {"relabelled": n, "dropped": n, "kept": n}}:
+                     the label fixes file ingestion applied (components/label_fixes.py); null without one. Its
+                     hash is also in data.fingerprint
+
 Writers: the Pusher (components/atomic_pusher.py, kind "trained"), `ftune rollback` (kind "rollback": a copy of
 the rolled-back version's record with version, kind, rollback_of and pushed_at replaced).
 """

@@ -22,6 +22,11 @@ feature_profile.json   <SavedModel>/assets.extra/                Trainer        
                        (keys of all three: components/data_findings.py)
 eval_predictions.json  <Model artifact>/ (beside Format-Serving)  Trainer          report
                        (keys: trainer/eval_predictions.py)
+review.csv             <pipeline_root>/ (or `ftune review --out`)  `ftune review`   a person (it is a fixes file)
+label_fixes.csv        <data_root>/ (or data.label_fixes)        a person          ImageExampleGen, ChangeCheck,
+                                                                                   `ftune run`/`ingest` (checks)
+                       (columns and rules: components/label_fixes.py; ingest_report.json's "label_fixes" holds
+                       what was applied, and the Trainer reads its kept list from there)
 
 Local paths are read with Python's own file functions, so that commands that only read records (`ftune
 versions`, `rollback`) start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio.
@@ -82,6 +87,11 @@ DATA_CHANGES_FILE = "data_changes.json"
 FEATURE_PROFILE_FILE = "feature_profile.json"
 # The trained model's class probabilities for every eval image, by file name (trainer/eval_predictions.py).
 EVAL_PREDICTIONS_FILE = "eval_predictions.json"
+# A person's decisions on the flagged images (components/label_fixes.py), and the list `ftune review` writes for them.
+LABEL_FIXES_FILE = "label_fixes.csv"
+REVIEW_FILE = "review.csv"
+# review.csv's columns: the first three are a fixes file's (action empty, class prefilled with the suggestion).
+REVIEW_COLUMNS = ("file", "action", "class", "span", "given_class", "suggested_class", "probability")
 # The SavedModel's folder inside a TFX Model artifact (tfx.utils.path_utils.serving_model_path names it too;
 # it is spelled here so that readers need not import TFX).
 SERVING_MODEL_DIR = "Format-Serving"
@@ -353,3 +363,47 @@ def read_eval_predictions(model_uri: str) -> Optional[Dict[str, Any]]:
 def write_eval_predictions(model_uri: str, predictions: Dict[str, Any]) -> str:
     # Compact: a row of probabilities per eval image.
     return _write_text(eval_predictions_path(model_uri), json.dumps(predictions))
+
+
+# --- label_fixes.csv, review.csv: a person's decisions on flagged images (rules: components/label_fixes.py) ----------
+
+
+def label_fixes_path(data_root: str, setting: str = "") -> Optional[str]:
+    """The fixes file a run applies: `setting` (data.label_fixes) when given, else `<data_root>/label_fixes.csv`
+    when it exists, else None."""
+    if setting:
+        return setting
+    if not data_root:
+        return None
+    path = os.path.join(data_root, LABEL_FIXES_FILE)
+    return path if exists(path) else None
+
+
+def read_label_fixes(path: str) -> Optional[bytes]:
+    """The fixes file's bytes (hashed as they are, then decoded as UTF-8), or None when it does not exist."""
+    if not exists(path):
+        return None
+    if _is_uri(path):
+        from tfx.dsl.io import fileio
+
+        with fileio.open(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def review_path(pipeline_root: str) -> str:
+    return os.path.join(pipeline_root, REVIEW_FILE)
+
+
+def write_review(path: str, rows: List[Dict[str, Any]]) -> str:
+    """review.csv: one row per flagged image, REVIEW_COLUMNS in that order."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(REVIEW_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in REVIEW_COLUMNS})
+    return _write_text(path, out.getvalue())

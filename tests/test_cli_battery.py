@@ -124,6 +124,39 @@ def _build(path: str) -> None:
     for i in range(3):
         with open(os.path.join(path, "one_class", "cats", f"cat{i}.jpg"), "wb") as f:
             f.write(_jpeg())
+    _build_fixes(path)
+
+
+# Label fixes files (components/label_fixes.py) over fixes/data (classes cats and dogs), each wrong in one way.
+FIXES = {
+    "not_in_data.csv": "file,action,class\ncats/c0.jpg,keep,\ncats/nope.jpg,drop,\n",
+    "no_such_class.csv": "file,action,class\ncats/c0.jpg,relabel,horses\n",
+    "malformed.csv": "file,action,class\ncats/c0.jpg,keep,\ncats/c1.jpg,drop\n",
+    "no_action_column.csv": "file,decision,class\ncats/c0.jpg,drop,\n",
+    "twice.csv": "file,action,class\ndogs/d0.jpg,relabel,cats\ndogs/d0.jpg,drop,\n",
+}
+
+
+def _build_fixes(path: str) -> None:
+    """fixes/data: cats and dogs, two images each; fixes/*.csv: FIXES; fixes/at_root: a data folder whose own
+    label_fixes.csv names an unknown action."""
+    for data in ("data", "at_root"):
+        for name in ("cats/c0.jpg", "cats/c1.jpg", "dogs/d0.jpg", "dogs/d1.jpg"):
+            os.makedirs(os.path.join(path, "fixes", data, os.path.dirname(name)), exist_ok=True)
+            with open(os.path.join(path, "fixes", data, name), "wb") as f:
+                f.write(_jpeg())
+    for name, text in FIXES.items():
+        with open(os.path.join(path, "fixes", name), "w") as f:
+            f.write(text)
+    with open(os.path.join(path, "fixes", "at_root", "label_fixes.csv"), "w") as f:
+        f.write("file,action,class\ndogs/d1.jpg,move,cats\n")
+
+
+def _fixes(w, command: str, name: str = "") -> List[str]:
+    """`run`/`ingest` over fixes/data with the fixes file fixes/<name> (none: fixes/at_root and its own file)."""
+    if not name:
+        return [command, *_root(w), "--data-root", w("fixes/at_root")]
+    return [command, *_root(w), "--data-root", w("fixes/data"), "--set", f"data.label_fixes={w('fixes/' + name)}"]
 
 
 class _Status(http.server.BaseHTTPRequestHandler):
@@ -244,6 +277,14 @@ ROWS = [
     Row("run", "unknown base model, `--json`", lambda w: ["run", *_root(w), "--json", "--set", "trainer.base_model=vgg16"], INVALID, ("trainer.base_model must be one of",)),
     Row("run", "data folder that does not exist", lambda w: ["run", *_root(w), "--data-root", w("no_such_folder")], UNUSABLE, ("data.data_root (--data-root)", "no_such_folder", "does not exist")),
     Row("run", "data folder with one class", lambda w: ["run", "--pipeline-root", w.fresh("run_one_class"), "--data-root", w("one_class"), "--weights", "none"], UNUSABLE, ("unusable data", "1 class folder(s) ['cats']", "at least 2")),
+    Row("run", "label fixes naming a file not in the data", lambda w: _fixes(w, "run", "not_in_data.csv"), UNUSABLE, ("label fixes", "not_in_data.csv row 3", "'cats/nope.jpg' is not a file of the data root")),
+    Row("run", "label fixes relabelling to a class that does not exist", lambda w: _fixes(w, "run", "no_such_class.csv"), UNUSABLE, ("no_such_class.csv row 2", "class 'horses'", "does not exist (classes: cats, dogs)")),
+    Row("ingest", "label fixes with an unknown action", lambda w: _fixes(w, "ingest"), UNUSABLE, ("label_fixes.csv row 2", "unknown action 'move'", "relabel, drop or keep")),
+    Row("run", "label fixes with a malformed row", lambda w: _fixes(w, "run", "malformed.csv"), UNUSABLE, ("malformed.csv row 3", "has 2 fields, the header has 3")),
+    Row("run", "label fixes without an `action` column", lambda w: _fixes(w, "run", "no_action_column.csv"), UNUSABLE, ("no_action_column.csv row 1", "no 'action' column", "file,action,class")),
+    Row("run", "label fixes naming a file twice", lambda w: _fixes(w, "run", "twice.csv"), UNUSABLE, ("twice.csv row 3", "'dogs/d0.jpg' is named twice with different actions", "row 2: relabel to 'cats'")),
+    Row("run", "label fixes file that does not exist", lambda w: _fixes(w, "run", "missing.csv"), UNUSABLE, ("label fixes", "missing.csv", "does not exist")),
+    Row("review", "pipeline root where nothing ran", lambda w: ["review", "--pipeline-root", w("empty_root")], UNUSABLE, ("nothing to review", "ftune run")),
     Row("report", "pipeline root where nothing ran", lambda w: ["report", "--pipeline-root", w("empty_root")], UNUSABLE, ("no run to report on", "empty_root", "ftune run")),
     Row("report", "pipeline root that does not exist", lambda w: ["report", "--pipeline-root", w("no_such_root")], UNUSABLE, ("no run to report on", "no_such_root")),
     Row("predict", "file that does not exist", lambda w: ["predict", w("nope.jpg"), *_root(w)], UNUSABLE, ("nothing to score", "nope.jpg", "no such file or folder")),

@@ -348,6 +348,23 @@ ADVICE: Dict[Tuple[str, str], str] = {
     ("run", "infinite learning rate"): "Give a finite, positive number, e.g. `--set trainer.learning_rate=0.001`.",
     ("run", "unknown base model, `--json`"): "Pick one of the bases the message lists (`mobilenet_v2`, "
     "`efficientnet_b0`, `xception`, `resnet50`). With `--json`, stdout stays empty: the error is on stderr.",
+    ("run", "label fixes naming a file not in the data"): "Fix or delete the row: `file` is the path relative to the "
+    "data root as `ftune review` writes it (`span-3/train/circle/x.png`), of a span `data.spans` selects. Nothing "
+    "was ingested ([label fixes](operating.md#label-fixes)).",
+    ("run", "label fixes relabelling to a class that does not exist"): "Relabel to one of the classes the message "
+    "lists (the data's class folders); to add a class, add its folder.",
+    ("ingest", "label fixes with an unknown action"): "Write `relabel`, `drop` or `keep` in the `action` column, or "
+    "leave it empty to skip the row. The file is `label_fixes.csv` in the data root.",
+    ("run", "label fixes with a malformed row"): "Give every row as many fields as the header (quote a field that "
+    "holds a comma).",
+    ("run", "label fixes without an `action` column"): "The header row needs the columns `file,action,class` (any "
+    "other column is ignored).",
+    ("run", "label fixes naming a file twice"): "Keep one decision per file: delete or change one of the two rows "
+    "the message names.",
+    ("run", "label fixes file that does not exist"): "Check the path given to `data.label_fixes`, or leave it empty "
+    "to use `label_fixes.csv` in the data root when there is one.",
+    ("review", "pipeline root where nothing ran"): "Run `ftune run` first (with `trainer.label_issues` on, the "
+    "default), or pass the `--pipeline-root` of a run.",
     ("report", "pipeline root where nothing ran"): "Run `ftune run` first, or pass the `--pipeline-root` of a run.",
     ("report", "pipeline root that does not exist"): "Check `--pipeline-root` (default `outputs` in the current "
     "folder): it must be the folder a `ftune run` used.",

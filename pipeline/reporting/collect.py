@@ -153,6 +153,14 @@ def _skipped_by_the_change_check(data: Dict[str, Any], decision: Dict[str, Any])
 # --- ingestion --
 
 
+def _label_fixes(fixes: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """What the label fixes applied (components/label_fixes.py), each list trimmed to MAX_QUARANTINE_ROWS."""
+    if not fixes:
+        return None
+    trimmed = {key: list(fixes.get(key) or [])[:MAX_QUARANTINE_ROWS] for key in ("relabelled", "dropped", "kept")}
+    return {**fixes, **trimmed}
+
+
 def _ingestion(run: RunView) -> Dict[str, Any]:
     uri = _require_uri(run, sidecars.EXAMPLE_GEN, "examples")
     path = sidecars.ingest_report_path(uri)
@@ -174,6 +182,7 @@ def _ingestion(run: RunView) -> Dict[str, Any]:
         "class_names": list(report.get("class_names", [])),
         "input_base": report.get("input_base", ""),
         "spans": list(report.get("spans") or []),
+        "label_fixes": _label_fixes(report.get("label_fixes")),
         "examples_uri": uri,
         "report_path": path,
     }

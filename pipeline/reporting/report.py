@@ -105,6 +105,11 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
             f"ingestion: {ingestion['accepted']} accepted ({splits}), {ingestion['quarantined_count']} quarantined"
             + (f"; spans {', '.join(ingestion['spans'])}" if ingestion.get("spans") else "")
         )
+        fixes = ingestion.get("label_fixes")
+        if fixes:
+            from components.label_fixes import counts_text
+
+            lines.append(f"label fixes: {counts_text(fixes.get('counts'))} ({fixes.get('path')})")
     else:
         lines.append(f"ingestion: {missing.get('ingestion', 'missing')}")
     training = data.get("training")

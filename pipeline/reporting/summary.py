@@ -16,6 +16,11 @@ def ingest_summary(examples_uri: Optional[str]) -> str:
         f"ingestion: {report['scanned']} files scanned, {report['accepted']} accepted ({per_split}), "
         f"{report['quarantined_count']} quarantined; classes: {', '.join(report['class_names'])}",
     ]
+    fixes = report.get("label_fixes")
+    if fixes:
+        from components.label_fixes import counts_text
+
+        lines.append(f"  label fixes: {counts_text(fixes.get('counts'))} ({fixes.get('path')})")
     for record in report["quarantined"][:10]:
         lines.append(f"  quarantined {record['path']}: {record['reason']}")
     if report["quarantined_count"] > 10:
