@@ -54,8 +54,8 @@ demo: setup
 	$(VENV)/bin/ftune run
 
 # Two workers: a pipeline run keeps about one of the two cores busy, so the suite takes ~0.55x the time of one
-# worker (measured in tests/README.md). Each test module stays on one worker (tests/conftest.py groups them).
-XDIST := -n 2 --dist loadgroup
+# worker (measured in tests/README.md). Each test module stays on one worker (tests/conftest.py schedules them).
+XDIST := -n 2
 
 test: setup
 	$(PY) -m pytest $(XDIST)

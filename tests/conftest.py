@@ -58,9 +58,9 @@ def tree_digest(path, skip=()) -> str:
 # --- two workers (pytest-xdist, `make test`) -------------------------------------------------------------------
 # A pipeline run keeps about one of the machine's two cores busy (Beam in-process, TF start-up, small batches), so
 # `make test` runs two pytest workers. Each module stays whole on one worker, so its module-scoped pipeline runs are
-# made once; the modules reading the session's small run (below) share one group, so that run is made once too.
-# Groups are handed out longest first (times measured as tests/README.md says), so the long ones do not end up
-# together at the tail. Without xdist (`pytest` alone) the marks and the order change nothing but the order.
+# made once; the modules reading the session's small run (below) go to one worker together, so that run is made
+# once too. Modules are handed out longest first (times measured as tests/README.md says), so the long ones do not
+# end up together at the tail. Without xdist (`pytest` alone) the order is all that changes.
 SMALL_RUN_MODULES = ("test_report", "test_use_and_see", "test_predict", "test_tflite")
 LONGEST_FIRST = (
     "test_kfp_spec_execution",
@@ -70,27 +70,40 @@ LONGEST_FIRST = (
     "test_fault_battery",
     "small_run",
     "test_fine_tune",
-    "test_cats_vs_dogs_small",
     "test_getting_started",
+    "test_cats_vs_dogs_small",
     "test_cli",
     "test_image_example_gen",
     "test_cli_battery",
 )
 
 
-def xdist_group_of(module_name: str) -> str:
-    """The xdist group of a test module: the small-run group, or the module itself."""
+def worker_unit(module_name: str) -> str:
+    """What goes to one worker whole: the small-run modules together, any other module by itself."""
     return "small_run" if module_name in SMALL_RUN_MODULES else module_name
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item):
-        group = xdist_group_of(item.module.__name__)
-        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+        unit = worker_unit(item.module.__name__)
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.module.__name__)))
     items.sort(key=rank)  # stable: each module keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling with worker_unit as the scope. (Its `loadgroup` mode would do this from
+    xdist_group marks, but pytest-xdist 3.8 renames node ids in a way pytest 9 ignores: every test became its own
+    group and each module's runs were made on both workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = os.path.splitext(os.path.basename(nodeid.split("::")[0]))[0]
+            return worker_unit(module)
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST (xdist would order units by their test count)
+    return ModuleUnits(config, log)
 
 
 # --- one small pipeline run, shared ---------------------------------------------------------------------------

@@ -305,6 +305,7 @@ def test_no_train_serve_skew(extra_class_run, config):
     import tensorflow as tf
     import tensorflow_transform as tft
 
+    import trainer.model  # noqa: F401  (registers the custom layers that load_model needs)
     from trainer.features import parse_images
 
     data, _ = extra_class_run
