@@ -202,6 +202,7 @@ def quiet_console(verbose: bool):
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from pipeline.cli_review import check_label_fixes
     from pipeline.local_runner import check_data_root, run_local, say
     from pipeline.reporting.run_records import latest_artifact_uri
     from pipeline.reporting.summary import ingest_summary
@@ -218,6 +219,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import contextlib
 
+    from pipeline.cli_review import check_label_fixes
     from pipeline.local_runner import StdoutToStderr, check_data_root, enable_progress_logging, run_local, say
     from pipeline.reporting.run_records import change_decision, component_timings, load_run
     from trainer.settings import resolve_weights
@@ -254,74 +256,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return data["outcome"]["exit_code"]
 
 
-def check_label_fixes(config: PipelineConfig) -> None:
-    """A local data root's label fixes (components/label_fixes.py), checked before the pipeline starts and before
-    TensorFlow loads: a bad row is one line naming the file, the row and the problem (exit 3); ImageExampleGen
-    checks them again (on Kubeflow it is the only check)."""
-    data = config.data
-    if not data.data_root or "://" in data.data_root:
-        return
-    from components.image_listing import check_input_and_fixes, make_input_config, resolve_split_mode, select_spans
-
-    spans = select_spans(data.data_root, data.spans)
-    split_mode = resolve_split_mode(data.data_root, data.split_mode, data.train_dir, data.eval_dir, spans)
-    check_input_and_fixes(
-        data.data_root, make_input_config(split_mode, data.train_dir, data.eval_dir), spans, data.label_fixes
-    )
-
-
 def cmd_review(args: argparse.Namespace) -> int:
-    from pipeline.reporting.run_records import latest_artifact_uri
+    from pipeline.cli_review import write_review
 
-    config = _load(args)
-    model_uri = latest_artifact_uri(config, sidecars.TRAINER, "model") if os.path.exists(config.metadata_path) else None
-    issues = sidecars.read_label_issues(model_uri) if model_uri else None
-    if not issues or "flagged" not in issues:
-        why = (
-            f"the latest Trainer output {model_uri} has no check of its training data"
-            + (f" ({issues['error']})" if issues and issues.get("error") else " (trainer.label_issues=false?)")
-            if model_uri
-            else f"no Trainer ran under {config.pipeline_root}"
-        )
-        raise CommandError(
-            f"nothing to review: {why}. Run `ftune run` first, or pass the --pipeline-root of a run",
-            outcome.EXIT_UNUSABLE_INPUT,
-        )
-    rows = review_rows(issues)
-    path = os.path.abspath(args.out) if args.out else sidecars.review_path(config.pipeline_root)
-    sidecars.write_review(path, rows)
-    if args.json:
-        print(json.dumps({"path": path, "flagged": len(rows), "rows": rows}, indent=2))
-    print(
-        f"[ftune] review: {len(rows)} flagged image(s) of {issues.get('images', '?')} written to {path}: set "
-        "`action` to relabel (to `class`), drop or keep on the rows you decided, then save it as "
-        f"<data_root>/{sidecars.LABEL_FIXES_FILE} (or name it with --set data.label_fixes=FILE) and run again",
-        file=sys.stderr if args.json else sys.stdout,
-        flush=True,
-    )
-    return 0
-
-
-def review_rows(issues: dict) -> List[dict]:
-    """review.csv's rows (sidecars.REVIEW_COLUMNS) from label_issues.json's flagged images: `action` empty,
-    `class` the suggested class, so that accepting a suggestion is writing `relabel`."""
-    from components.image_listing import SPAN_FOLDER
-
-    rows = []
-    for entry in issues.get("flagged") or []:
-        first = entry["file_name"].split("/", 1)[0]
-        rows.append(
-            {
-                "file": entry["file_name"],
-                "action": "",
-                "class": entry["suggested"],
-                "span": first if SPAN_FOLDER.match(first) else "",
-                "given_class": entry["given"],
-                "suggested_class": entry["suggested"],
-                "probability": entry.get("suggested_probability", ""),
-            }
-        )
-    return rows
+    return write_review(_load(args), args.out, args.json)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

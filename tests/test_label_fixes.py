@@ -186,7 +186,7 @@ def test_the_fixes_file_at_the_data_root_joins_the_fingerprint(spans):
 
 
 def test_the_review_rows_are_a_fixes_file_with_the_suggestions_prefilled(tmp_path):
-    from pipeline.cli import review_rows
+    from pipeline.cli_review import review_rows
 
     issues = {
         "images": 10,
