@@ -114,16 +114,21 @@ def exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def _read_text(path: str) -> Optional[str]:
+def _read(path: str, binary: bool = False):
+    """The file's text (UTF-8) or bytes, or None when it does not exist; a URI through TFX's fileio."""
     if not exists(path):
         return None
     if _is_uri(path):
         from tfx.dsl.io import fileio
 
-        with fileio.open(path, "r") as f:
+        with fileio.open(path, "rb" if binary else "r") as f:
             return f.read()
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") if binary else open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def _read_text(path: str) -> Optional[str]:
+    return _read(path)
 
 
 def _write_text(path: str, text: str) -> str:
@@ -381,15 +386,7 @@ def label_fixes_path(data_root: str, setting: str = "") -> Optional[str]:
 
 def read_label_fixes(path: str) -> Optional[bytes]:
     """The fixes file's bytes (hashed as they are, then decoded as UTF-8), or None when it does not exist."""
-    if not exists(path):
-        return None
-    if _is_uri(path):
-        from tfx.dsl.io import fileio
-
-        with fileio.open(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+    return _read(path, binary=True)
 
 
 def review_path(pipeline_root: str) -> str:
