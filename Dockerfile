@@ -1,9 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # ftune image: Python 3.10 + TFX 1.16 + this project (console script `ftune`), used for
-#   - every step of the compiled Kubeflow pipeline: KubeflowV2DagRunner sets each container's *command* to
-#     `python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor ...` (and the ExampleGen
-#     driver to `python -m tfx.orchestration.kubeflow.v2.file_based_example_gen.driver`), so the image only has
+#   - every step of the compiled Kubeflow pipeline: each container's *command* is `python -m pipeline.kfp_executor
+#     ...` (TFX's kubeflow_v2_run_executor with s3:// registered, pipeline/kfp_executor.py), so the image only has
 #     to provide `python` on PATH with tfx and this project importable -- no ENTRYPOINT is set on purpose;
 #   - the retraining CronJob (kubernetes/base/retrain-cronjob.yaml), whose command is `ftune submit ...`.
 #
@@ -34,9 +33,10 @@ WORKDIR /src
 COPY . .
 # The project as a built wheel (the artifact tests/test_kfp_spec_execution.py installs alone and runs the
 # compiled spec from), then every dependency at the version pinned in constraints.txt -- the set the tests run
-# against -- plus the CUDA/cuDNN wheels (the gpu extra) so the Trainer uses the GPU on GPU nodes.
+# against -- plus the CUDA/cuDNN wheels (the gpu extra) so the Trainer uses the GPU on GPU nodes, and TensorFlow's
+# S3 filesystem (the s3 extra: tensorflow-io, boto3) for pipeline roots, data and models in MinIO or S3.
 RUN pip wheel --no-deps -w /wheels . \
-    && pip install -c constraints.txt "$(ls /wheels/ftune-*.whl)[gpu]"
+    && pip install -c constraints.txt "$(ls /wheels/ftune-*.whl)[gpu,s3]"
 
 # ---- runtime -----------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

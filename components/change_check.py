@@ -75,6 +75,7 @@ WEIGHTS_DIGEST_KEY = "weights_digest"
 NOT_TRAINING_KEYS = (
     "pipeline_name",
     "pipeline_root",
+    "state_dir",
     "beam_args",
     "kubeflow",
     "data.data_root",

@@ -210,9 +210,12 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], s
             )
         ).with_outputs(_ReadAndInspect.QUARANTINE, main="examples")
     )
+    # skip_if_empty: no file when nothing is quarantined. Beam's S3 writer cannot write an empty file (a multipart
+    # upload with no part: S3 and MinIO answer MalformedXML), and the report reads whatever *.jsonl there is.
     _ = results[_ReadAndInspect.QUARANTINE] | "WriteQuarantine" >> beam.io.WriteToText(
         os.path.join(exec_properties[_QUARANTINE_DIR_KEY], split_name.replace("/", "_")),
         file_name_suffix=".jsonl",
+        skip_if_empty=True,
     )
     return results["examples"]
 

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import List, Optional
 
-from pipeline import kfp_client, outcome
+from pipeline import kfp_client, object_stores, outcome
 from pipeline.cli_errors import report_error
 from pipeline.configs import PipelineConfig, load_config
 from pipeline.kubeflow_v2_runner import RUNTIME_KNOBS
@@ -68,7 +68,12 @@ def _load(args: argparse.Namespace) -> PipelineConfig:
     if getattr(args, "weights", None):
         overrides.append(f"trainer.weights={args.weights}")
     config = load_config(args.config, overrides)
-    return config if getattr(args, "func", None) is cmd_compile else config.absolute_paths()
+    if getattr(args, "func", None) is cmd_compile:
+        return config
+    config.absolute_paths()
+    # Each bucket named answers, before anything loads (a missing bucket, refused credentials: one line); s3:// opens.
+    object_stores.prepare(config)
+    return config
 
 
 def _add_verbose_option(parser: argparse.ArgumentParser) -> None:
@@ -210,7 +215,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args)
     check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
     check_label_fixes(config)
-    run_local(config, stop_after="ingest")
+    with object_stores.unreachable_bucket_explains_failure(config):
+        run_local(config, stop_after="ingest")
     examples_uri = latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples")
     say(ingest_summary(examples_uri))
     return 0
@@ -234,7 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with to_stderr:
         from pipeline.reporting.summary import run_summary, run_summary_data
 
-        result = run_local(config, stop_after="push", force=args.force)
+        with object_stores.unreachable_bucket_explains_failure(config):
+            result = run_local(config, stop_after="push", force=args.force)
         decision = change_decision(load_run(config))
         if decision and not decision["changed"]:
             # The change check found the served version's record (or the last refused attempt) naming these very
@@ -287,11 +294,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.server:
         config = _load(args)
         labels = None
-        if os.path.isdir(config.serving_model_dir) and predict.served_versions(config.serving_model_dir):
+        if predict.served_versions(config.serving_model_dir):
             labels = sidecars.read_labels(predict.resolve_version_dir(config.serving_model_dir, args.version)[0])
         model_dir = None
     elif args.model_dir:
         model_dir = args.model_dir
+        if object_stores.is_object_store(model_dir):
+            object_stores.check_reachable(model_dir, "--model-dir")
+            object_stores.register_filesystems([model_dir])
     else:
         config = _load(args)
         model_dir, _ = predict.resolve_version_dir(config.serving_model_dir, args.version)
@@ -597,5 +607,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return report_error(exc)
 
 
+def run() -> None:
+    """The `ftune` program: main's exit code, also when tensorflow-io's S3 client would abort the exit (134)."""
+    code = main()
+    if object_stores.s3_loaded():
+        object_stores.exit_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

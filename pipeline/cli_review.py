@@ -53,7 +53,7 @@ def write_review(config: PipelineConfig, out: Optional[str], as_json: bool) -> i
             outcome.EXIT_UNUSABLE_INPUT,
         )
     rows = review_rows(issues)
-    path = os.path.abspath(out) if out else sidecars.review_path(config.pipeline_root)
+    path = os.path.abspath(out) if out else sidecars.review_path(config.local_root)
     sidecars.write_review(path, rows)
     if as_json:
         print(json.dumps({"path": path, "flagged": len(rows), "rows": rows}, indent=2))

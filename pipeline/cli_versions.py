@@ -22,10 +22,11 @@ from serving import sidecars
 
 
 def list_versions(config: PipelineConfig, as_json: bool) -> int:
-    from serving.model_versions import NO_SERVED_VERSION, refusal_applies, served_versions
+    from serving.model_versions import NO_SERVED_VERSION, partial_versions, refusal_applies, served_versions
 
     base = serving_folder(config)
     versions = served_versions(base)
+    partial = partial_versions(base)
     served_now = versions[-1] if versions else NO_SERVED_VERSION
     refused = last_refused(base)
     listed = [
@@ -41,6 +42,7 @@ def list_versions(config: PipelineConfig, as_json: bool) -> int:
         data = {
             "serving_model_dir": base,
             "versions": listed,
+            "partial_versions": partial,
             "last_refused": refused,
             "last_refused_applies": refusal_applies(refused, served_now),
         }
@@ -49,6 +51,11 @@ def list_versions(config: PipelineConfig, as_json: bool) -> int:
     print(versions_table(listed) if listed else f"[ftune] no versions under {base}")
     for line in fixes_lines(listed):
         print(line)
+    if partial:
+        print(
+            f"[ftune] incomplete version folder(s) {', '.join(map(str, partial))}: no saved_model.pb (a push that "
+            "was interrupted); TF Serving cannot load them, the next push goes above them"
+        )
     # A refusal that no longer applies (a push or a rollback since) is history: --json still has it.
     if refusal_applies(refused, served_now):
         print(refusal_lines(refused))

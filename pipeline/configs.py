@@ -107,8 +107,12 @@ class KubeflowConfig:
 class PipelineConfig:
     # The TFX pipeline's name (its MLMD context, the compiled KFP pipeline): letters, digits, '_', '.' or '-'.
     pipeline_name: str = PIPELINE_NAME
-    # Artifacts, MLMD database, sample data and (by default) the serving directory live under here.
+    # Artifacts, MLMD database, sample data and (by default) the serving directory live under here. A gs:// or
+    # s3:// URI keeps the artifacts (and the default serving directory) in the bucket; what must be a local file
+    # (the MLMD database, the run lock, sample data, the report) then goes to state_dir.
     pipeline_root: str = "outputs"
+    # This machine's own files when pipeline_root is a bucket URI; empty: ~/.cache/ftune/state/<scheme>/<bucket path>.
+    state_dir: str = ""
     # Beam pipeline args for the Beam-based components, e.g. ["--runner=DataflowRunner", ...]. Empty: Beam's
     # FnApiRunner inside the `ftune run` process (LOCAL_BEAM_ARGS), or 4 worker processes in a Kubeflow pod.
     beam_args: List[str] = dataclasses.field(default_factory=list)
@@ -120,12 +124,23 @@ class PipelineConfig:
 
     # --- derived paths -------------------------------------------------------------------------------------
     @property
+    def local_root(self) -> str:
+        """The folder for files that must be local (MLMD's SQLite database, the run lock, sample data, the report,
+        review.csv): the pipeline root, or state_dir when the pipeline root is a gs:// / s3:// URI."""
+        if "://" not in self.pipeline_root:
+            return self.pipeline_root
+        if self.state_dir:
+            return self.state_dir
+        scheme, rest = self.pipeline_root.split("://", 1)
+        return os.path.join(os.path.expanduser("~"), ".cache", "ftune", "state", scheme, rest.strip("/"))
+
+    @property
     def metadata_path(self) -> str:
-        return os.path.join(self.pipeline_root, "metadata.sqlite")
+        return os.path.join(self.local_root, "metadata.sqlite")
 
     @property
     def sample_data_dir(self) -> str:
-        return os.path.join(self.pipeline_root, "sample_data")
+        return os.path.join(self.local_root, "sample_data")
 
     @property
     def serving_dir(self) -> str:
@@ -135,6 +150,15 @@ class PipelineConfig:
     def serving_model_dir(self) -> str:
         return os.path.join(self.serving_dir, self.push.model_name)
 
+    def storage_paths(self) -> Dict[str, str]:
+        """{setting: path} of every place a run reads or writes that may be a bucket URI (gs://, s3://)."""
+        return {
+            "pipeline_root": self.pipeline_root,
+            "data.data_root": self.data.data_root,
+            "data.label_fixes": self.data.label_fixes,
+            "push.serving_dir": self.serving_dir,
+        }
+
     def absolute_paths(self) -> PipelineConfig:
         """Makes local paths absolute (MLMD stores artifact URIs as given; relative ones break from another cwd).
         URIs with a scheme (gs://, s3://) are left alone. Returns self."""
@@ -143,6 +167,7 @@ class PipelineConfig:
             return path if not path or "://" in path else os.path.abspath(path)
 
         self.pipeline_root = absolute(self.pipeline_root)
+        self.state_dir = absolute(self.state_dir)
         self.data.data_root = absolute(self.data.data_root)
         self.data.label_fixes = absolute(self.data.label_fixes)
         self.push.serving_dir = absolute(self.push.serving_dir)

@@ -16,9 +16,10 @@ send to the KFP API:
   * the pipeline root as the spec's `defaultPipelineRoot`;
   * a check that only container and importer executors remain: open-source KFP has no `resolver` executor.
 
-Every pod runs the project image with the command TFX writes,
-`python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor --executor_class_path ...`; the image
-installs the project, so the executors and module functions (`components.*`) import by path.
+Every pod runs the project image with `python -m pipeline.kfp_executor --executor_class_path ...`: TFX's own
+container entrypoint (kubeflow_v2_run_executor) with s3:// registered when the task names it, and the exit code kept
+(pipeline/kfp_executor.py); the image installs the project, so the executors and module functions (`components.*`)
+import by path. With an s3:// path, Beam's worker processes import tensorflow_io too (`--beam_plugins`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from pipeline import object_stores
 from pipeline.configs import KUBEFLOW_BEAM_ARGS, ConfigError, KubeflowConfig, PipelineConfig
 from serving import sidecars
 from trainer.settings import run_parameter_types
@@ -49,6 +51,8 @@ RUNTIME_KNOBS: Dict[str, Tuple[str, str, type]] = {
 # A run parameter that is no setting: 1 trains even when the change check finds nothing new (`ftune run --force`).
 FORCE_PARAMETER = "force"
 RUN_PARAMETERS = (*RUNTIME_KNOBS, FORCE_PARAMETER)
+# The pods' command (pipeline/kfp_executor.py): TFX's container entrypoint, with s3:// and the exit code handled.
+POD_COMMAND = ["python", "-m", "pipeline.kfp_executor"]
 # Push destinations TFX writes to directly (no volume); anything else is a path on the serving PVC.
 REMOTE_PUSH_SCHEMES = ("gs://", "s3://")
 # Executor kinds that open-source KFP runs. TFX's Resolver nodes compile to `resolver`, which it rejects.
@@ -153,8 +157,8 @@ def kubeflow_config(
 def _check_pipeline_root(root: str) -> None:
     if "://" not in root or root.startswith(_UNUSABLE_ROOT_SCHEMES):
         raise ConfigError(
-            f"pipeline_root (--pipeline-root) must be a gs:// URI (or s3:// with tensorflow-io in the image) for "
-            f"Kubeflow, got {root!r}: TFX components read and write their artifacts at that URI themselves"
+            f"pipeline_root (--pipeline-root) must be a gs:// or s3:// URI (MinIO: s3://) for Kubeflow, got "
+            f"{root!r}: TFX components read and write their artifacts at that URI themselves"
         )
 
 
@@ -229,7 +233,9 @@ def build_pipeline(config: PipelineConfig, beam_args: Optional[Sequence[str]] = 
         stop_after="push",
         enable_cache=True,
         metadata_connection_config=None,  # KFP brings its own MLMD
-        beam_pipeline_args=list(beam_args or config.beam_args or KUBEFLOW_BEAM_ARGS),
+        beam_pipeline_args=object_stores.beam_plugin_args(
+            config.storage_paths().values(), list(beam_args or config.beam_args or KUBEFLOW_BEAM_ARGS)
+        ),
         runtime_parameters=runtime_parameters(config),
     )
     request_trainer_resources(pipeline, config.kubeflow)
@@ -278,7 +284,9 @@ def compile_spec(pipeline, image: str):
     from tfx import v1 as tfx
 
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True)
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image, default_commands=list(POD_COMMAND), use_pipeline_spec_2_1=True
+        )
     )
     job = runner.run(pipeline, write_out=False)
     return json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec())

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
-from pipeline import outcome
+from pipeline import object_stores, outcome
 from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
 from pipeline.outcome import CommandError
 from serving import sidecars
@@ -195,9 +195,11 @@ def is_noise(line: str) -> bool:
 
 class HideExecutionFailed(logging.Filter):
     """Drops TFX's "Execution N failed." (its launcher logs it through absl at ERROR before re-raising a
-    component's error): the command reports that error itself, in one line. Shown with --verbose."""
+    component's error): the command reports that error itself, in one line. Also TFX's warning that a component's
+    temporary folder is gone, with its whole execution info (dozens of lines): on gs:// and s3:// an unused folder
+    never existed (object stores have no empty folders). Both shown with --verbose."""
 
-    _LINE = re.compile(r"^Execution \d+ failed\.$")
+    _LINE = re.compile(r"^(?:Execution \d+ failed\.$|execution_info\.tmp_dir \S+ is not found)")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not self._LINE.match(record.getMessage())
@@ -334,7 +336,8 @@ def enable_progress_logging(verbose: bool = False) -> None:
 
 
 def beam_args(config: PipelineConfig) -> List[str]:
-    return list(config.beam_args) or list(LOCAL_BEAM_ARGS)
+    args = list(config.beam_args) or list(LOCAL_BEAM_ARGS)
+    return object_stores.beam_plugin_args(config.storage_paths().values(), args)
 
 
 def preflight_weights(config: PipelineConfig, progress: Callable[[str], None] = say) -> None:
@@ -447,7 +450,7 @@ def run_local(
     component is skipped (the CLI reads the decision from MLMD: reporting/run_records.change_decision). `force`
     trains anyway and turns MLMD's cache off, so every component executes again."""
     config.validate().absolute_paths()
-    with pipeline_lock(config.pipeline_root):
+    with pipeline_lock(config.local_root):
         return _run_local_locked(config, stop_after, progress, force)
 
 
@@ -463,7 +466,7 @@ def _run_local_locked(config: PipelineConfig, stop_after: str, progress: Callabl
     split_mode = resolve_split_mode(
         data_root, config.data.split_mode, config.data.train_dir, config.data.eval_dir, spans
     )
-    progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {os.path.abspath(config.pipeline_root)}")
+    progress(f"data: {data_root} (split mode: {split_mode}); pipeline root: {config.pipeline_root}")
     if spans:
         progress(f"spans: {', '.join(spans)} (data.spans={config.data.spans})")
     if force and stop_after == "push":

@@ -7,8 +7,18 @@ baseline reads it, the Pusher publishes into it, and the CLI lists it.
 Publishing is atomic on local/PVC paths: the model is copied into a hidden staging folder beside the versions
 (TF Serving ignores names that are not integers) and then renamed to its version number; a rename within one
 filesystem is atomic, so a poller sees either no new version or a complete one. Versions are 1, 2, 3, ...
-(highest + 1), which TF Serving orders numerically. Object stores (gs://, s3://) have no atomic rename; there TF
-Serving's own check for `saved_model.pb` (copied last) is what protects a poller.
+(highest + 1), which TF Serving orders numerically.
+
+Object stores (gs://, s3://) have no atomic rename and no folders: a version is the set of objects under
+`<n>/`, and TF Serving's file-system source picks the highest integer-named prefix at each poll, whatever it holds.
+What it can load from there is decided by its SavedModel loader, which needs `saved_model.pb`: a push copies
+every other file first and `saved_model.pb` last, so "saved_model.pb exists" means "every file is there" (S3 and
+GCS list and read an object as soon as its write returned). A load attempted before that fails and is retried
+(TF Serving's `--max_num_load_retries`, default 5, a minute apart) while the previous version keeps serving. Two
+pushes at once (a scheduled run and a manual one) must not write into one folder: each claims its number first by
+a conditional create of `<serving>/.claims/<n>` (S3: PUT with `If-None-Match: *`; GCS: `ifGenerationMatch=0`),
+which exactly one of them wins; the loser takes the next number. Claims stay, so a number a killed push claimed
+is never reused either.
 
 Local folders (and PVC mounts) are listed and copied with Python's own file functions, so that `ftune versions`
 and `ftune rollback` start without TensorFlow; a URI with a scheme (gs://, s3://) goes through TFX's fileio, which
@@ -17,6 +27,7 @@ is imported only then.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -29,6 +40,8 @@ from serving import sidecars
 
 STAGING_PREFIX = ".staging-"
 NO_SERVED_VERSION = -1
+# Object stores: `<serving_model_dir>/.claims/<version>`, created once by the push that owns the number.
+CLAIMS_DIR = ".claims"
 
 
 def _is_uri(path: str) -> bool:
@@ -99,14 +112,13 @@ def push(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any
 
 
 def push_to_object_store(model_path: str, serving_model_dir: str, record: Optional[Dict[str, Any]] = None) -> int:
-    """gs:// or s3://: no atomic rename, so copy saved_model.pb last (TF Serving loads a version only once that
-    file exists), as TFX's own Pusher does."""
+    """gs:// or s3://: claim the next number (a conditional create only one push wins), then copy every file but
+    saved_model.pb, the record, and saved_model.pb last: TF Serving can load the version only once that file
+    exists, and by then every other file does."""
     from tfx.utils import io_utils
 
-    fileio = _fileio()
-    # Above every integer name, complete or not (fileio: gs:// and s3:// too).
-    names = [n.rstrip("/") for n in fileio.listdir(serving_model_dir)] if fileio.isdir(serving_model_dir) else []
-    version = max([int(n) for n in names if n.isdigit()] or [0]) + 1
+    _warn_partial(serving_model_dir)
+    version = claim_next_version(serving_model_dir)
     target = os.path.join(serving_model_dir, str(version))
     io_utils.copy_dir(model_path, target, deny_regex_patterns=[r"saved_model\.pb$"])
     if record is not None:
@@ -115,12 +127,70 @@ def push_to_object_store(model_path: str, serving_model_dir: str, record: Option
     return version
 
 
+def claim_next_version(serving_model_dir: str) -> int:
+    """The number above every integer-named folder and every claim, claimed for this push (object stores)."""
+    for _ in range(_MAX_PUSH_ATTEMPTS):
+        version = max(numeric_names(serving_model_dir) + claimed_versions(serving_model_dir) + [0]) + 1
+        if claim_version(serving_model_dir, version):
+            return version
+        logging.info(
+            "Pusher: version %d of %s was claimed by another push; trying the next", version, serving_model_dir
+        )
+    raise RuntimeError(f"could not claim a version number in {serving_model_dir} ({_MAX_PUSH_ATTEMPTS} tries)")
+
+
+def claimed_versions(serving_model_dir: str) -> List[int]:
+    fileio = _fileio()
+    claims = os.path.join(serving_model_dir, CLAIMS_DIR)
+    if not fileio.isdir(claims):
+        return []
+    return sorted(int(n.rstrip("/")) for n in fileio.listdir(claims) if n.rstrip("/").isdigit())
+
+
+def claim_version(serving_model_dir: str, version: int) -> bool:
+    """Creates `<serving_model_dir>/.claims/<version>` only if it does not exist; False when another push did.
+
+    The object store decides, so the claim holds across machines: S3 (and MinIO, moto) refuse a PUT with
+    `If-None-Match: *` onto an existing key (HTTP 412); GCS refuses `ifGenerationMatch=0` the same way."""
+    scheme, bucket, key = _split(os.path.join(serving_model_dir, CLAIMS_DIR, str(version)))
+    body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "claimed": time.time()}).encode()
+    if scheme == "s3":
+        import boto3
+        from botocore.exceptions import ClientError
+
+        try:
+            boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):  # 412: the key exists; 409: a concurrent conditional write is in flight
+                return False
+            raise
+        return True
+    if scheme == "gs":
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud import storage
+
+        try:
+            storage.Client().bucket(bucket).blob(key).upload_from_string(body, if_generation_match=0)
+        except PreconditionFailed:
+            return False
+        return True
+    raise ValueError(f"no conditional create for {serving_model_dir}: only gs:// and s3:// serving folders use claims")
+
+
+def _split(uri: str) -> Tuple[str, str, str]:
+    scheme, rest = uri.split("://", 1)
+    bucket, _, key = rest.partition("/")
+    return scheme, bucket, key
+
+
 def numeric_names(serving_model_dir: str) -> List[int]:
     """Every integer-named entry, complete or not: a new version must go above all of them, since TF Serving
     would load a partial folder the moment its copy completes (and a rename onto it fails)."""
-    if not os.path.isdir(serving_model_dir):
+    if not serving_folder_exists(serving_model_dir):
         return []
-    return sorted(int(name) for name in os.listdir(serving_model_dir) if name.isdigit())
+    names = _fileio().listdir(serving_model_dir) if _is_uri(serving_model_dir) else os.listdir(serving_model_dir)
+    return sorted(int(name.rstrip("/")) for name in names if name.rstrip("/").isdigit())
 
 
 def partial_versions(serving_model_dir: str) -> List[int]:
@@ -182,14 +252,7 @@ def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Di
     `record` (serving/model_record.py) is written inside the staged copy: the version appears with it or not at all."""
     os.makedirs(serving_model_dir, exist_ok=True)
     clean_stale_staging(serving_model_dir)
-    partial = partial_versions(serving_model_dir)
-    if partial:
-        logging.warning(
-            "Pusher: %s holds version folder(s) %s without a saved_model.pb (an interrupted copy?); TF Serving "
-            "ignores them, the new version goes above them",
-            serving_model_dir,
-            partial,
-        )
+    _warn_partial(serving_model_dir)
     staging = os.path.join(serving_model_dir, _staging_name())
     try:
         _copy_dir(model_path, staging)
@@ -211,6 +274,17 @@ def push_atomically(model_path: str, serving_model_dir: str, record: Optional[Di
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _warn_partial(serving_model_dir: str) -> None:
+    partial = partial_versions(serving_model_dir)
+    if partial:
+        logging.warning(
+            "Pusher: %s holds version folder(s) %s without a saved_model.pb (an interrupted copy?); TF Serving "
+            "cannot load them, the new version goes above them",
+            serving_model_dir,
+            partial,
+        )
 
 
 def _copy_dir(source: str, target: str) -> None:

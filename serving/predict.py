@@ -117,7 +117,7 @@ class LocalPredictor:
     def __init__(self, model_dir: str):
         import tensorflow as tf
 
-        if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
+        if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
             raise PredictError(f"no SavedModel (saved_model.pb) in {model_dir}")
         self._tf = tf
         self._loaded = tf.saved_model.load(model_dir)

@@ -34,12 +34,13 @@ What it stands in for, step by step (KFP backend 2.x, `backend/src/v2/driver` an
 
 What it cannot check (needs a real cluster): the image itself (its Python, its installed packages: the caller
 chooses the interpreter and PYTHONPATH), image pulls, scheduling, resources, GPUs, node selectors and tolerations
-(read, never enforced), that only the mounted tasks can reach a volume (a local folder is visible to every
-process), read-only root filesystems and the pod's user, object storage (pipeline roots are local folders here,
-gs:// on the cluster, and the launcher's copying of artifacts between /gcs, /minio, /s3 and the bucket is not
-emulated), MLMD (artifact ids are made up here), the KFP UI, retries, timeouts and lifecycle hooks (TFX's
-`preCacheCheck` on ExampleGen is ignored, as open-source KFP ignores it), importer/resolver executors (refused;
-KFP's compiler also refuses a condition on an importer), and how long anything takes on a cluster.
+(read, never enforced), that only the mounted tasks can reach a volume (a local folder is visible to every process),
+read-only root filesystems and the pod's user, a real object store (an s3:// pipeline root is served by a local S3
+server, tests/s3_server.py; the launcher's copying of artifacts between /gcs, /minio, /s3 and the bucket is not
+emulated: TFX's tasks read and write their URIs themselves), MLMD (artifact ids are made up here), the KFP UI,
+retries, timeouts and lifecycle hooks (TFX's `preCacheCheck` on ExampleGen is ignored, as open-source KFP ignores
+it), importer/resolver executors (refused; KFP's compiler also refuses a condition on an importer), and how long
+anything takes on a cluster.
 """
 
 from __future__ import annotations
@@ -337,6 +338,7 @@ def execute(
     image_env: Mapping[str, str],
     volumes: Optional[Mapping[str, str]] = None,
     run_id: Optional[str] = None,
+    local_dir: Optional[str] = None,
     task_timeout_s: float = 900,
     max_parallel: int = 2,
 ) -> Execution:
@@ -344,9 +346,11 @@ def execute(
 
     Args:
       package_path: the compiled package (YAML: pipeline spec, then the Kubernetes platform spec).
-      pipeline_root: local folder standing in for the run's pipeline root (a run may override the spec's
-        `defaultPipelineRoot`, as KFP's `pipeline_root` run option does); KFP's cache file lives here too, so
-        executions under one root share it.
+      pipeline_root: the run's pipeline root (a run may override the spec's `defaultPipelineRoot`, as KFP's
+        `pipeline_root` run option does): a local folder, or a bucket URI (s3://) the tasks read and write
+        themselves, as on a cluster whose artifacts live in MinIO.
+      local_dir: where the harness keeps KFP's cache file (KFP keeps it in its database, not the bucket) and the
+        pods' folders; default: the pipeline root, which must then be local. Executions sharing it share the cache.
       run_params: the run's parameters (as `ftune submit --param` would send them).
       image_env: the environment of the image (PATH with its `python`, HOME, PYTHONPATH where the project is
         installed...): the only variables the tasks see, plus the container's own `env`.
@@ -363,9 +367,15 @@ def execute(
     spec, platform = read_package(package_path)
     parameters = run_parameters(spec, run_params or {})
     run_id = run_id or uuid.uuid4().hex[:12]
-    run_root = os.path.join(os.path.abspath(pipeline_root), spec.pipeline_info.name, run_id)
-    pods_root = os.path.join(os.path.abspath(pipeline_root), ".pods", run_id)
-    cache_path = os.path.join(os.path.abspath(pipeline_root), CACHE_FILE)
+    if "://" in pipeline_root:
+        if not local_dir:
+            raise HarnessError(f"pipeline root {pipeline_root} is a URI: name a local_dir for the harness's own files")
+        run_root = f"{pipeline_root.rstrip('/')}/{spec.pipeline_info.name}/{run_id}"
+    else:
+        run_root = os.path.join(os.path.abspath(pipeline_root), spec.pipeline_info.name, run_id)
+    local_dir = os.path.abspath(local_dir or pipeline_root)
+    pods_root = os.path.join(local_dir, ".pods", run_id)
+    cache_path = os.path.join(local_dir, CACHE_FILE)
     cache = _load_json(cache_path)
     k8s = kubernetes_configs(platform)
     executors = json_format.MessageToDict(spec.deployment_spec).get("executors", {})

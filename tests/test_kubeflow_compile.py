@@ -25,7 +25,7 @@ IMAGE = "registry.example/ftune:1.2.3"
 PIPELINE_ROOT = "gs://ftune-test/root"
 DATA_ROOT = "/data/images"
 CORE_NODES = {"ImageExampleGen", "StatisticsGen", "SchemaGen", "Transform", "Trainer", "Evaluator", "Pusher"}
-TFX_COMMAND = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+TFX_COMMAND = ["python", "-m", "pipeline.kfp_executor"]
 # Fields of kfp_kubernetes.Toleration (kubernetes_executor_config.proto, KFP >= 2.1).
 TOLERATION_FIELDS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
@@ -302,7 +302,8 @@ def test_kfp_loads_the_package(package):
 
 def test_container_command_runs_a_project_executor(spec, tmp_path):
     """The served-model baseline's container, exactly as compiled, with the executor input KFP's launcher would
-    pass for `{{$}}`: python -m tfx...kubeflow_v2_run_executor imports the project's executor by path and runs it."""
+    pass for `{{$}}`: python -m pipeline.kfp_executor (TFX's kubeflow_v2_run_executor inside) imports the project's
+    executor by path and runs it."""
     task = "ServedModelBaseline"
     if task not in spec.root.dag.tasks:
         pytest.skip("no ServedModelBaseline node in this pipeline")

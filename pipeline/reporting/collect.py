@@ -64,7 +64,7 @@ def collect(config: PipelineConfig, with_predictions: bool, keep_images: bool) -
     missing: Dict[str, str] = {}
     data: Dict[str, Any] = {
         "pipeline_name": config.pipeline_name,
-        "pipeline_root": os.path.abspath(config.pipeline_root),
+        "pipeline_root": config.pipeline_root,
         "run_id": run.run_id,
         "generated_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "components": {node: run.states.get(node, "not run") for node in sidecars.COMPONENT_IDS},

@@ -1,6 +1,7 @@
 """The run report: one HTML page with figures, built from the artifacts of the latest pipeline run.
 
-    write_report(config, out_dir=None) -> path of index.html   (default out_dir: <pipeline_root>/report/)
+    write_report(config, out_dir=None) -> path of index.html   (default out_dir: <pipeline_root>/report/, or
+    <state_dir>/report/ when the pipeline root is a bucket URI)
     build_report(config, out_dir=None) -> (path, data)          (the same, with the numbers it was built from)
     report_data(config) -> dict                                (the numbers behind it; JSON-serialisable)
     summary_lines(data) -> [str]                               (a few lines for the CLI's end-of-run summary)
@@ -68,7 +69,7 @@ def write_report(config: PipelineConfig, out_dir: Optional[str] = None) -> str:
 
 def build_report(config: PipelineConfig, out_dir: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
     """write_report, also returning the data it wrote (report_data.json), so that a caller needs no second pass."""
-    out_dir = out_dir or os.path.join(config.pipeline_root, REPORT_DIR)
+    out_dir = out_dir or os.path.join(config.local_root, REPORT_DIR)
     os.makedirs(out_dir, exist_ok=True)
     # Never leave a previous report's figure beside this page.
     for name in FIGURES + RANKED_FIGURES + FINDINGS_FIGURES + (DATA_FILE,):
