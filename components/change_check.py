@@ -76,6 +76,7 @@ NOT_TRAINING_KEYS = (
     "pipeline_name",
     "pipeline_root",
     "state_dir",
+    "object_store_timeout_s",
     "beam_args",
     "kubeflow",
     "data.data_root",

@@ -215,7 +215,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args)
     check_data_root(config)  # before TensorFlow loads: a wrong --data-root is answered at once
     check_label_fixes(config)
-    with object_stores.unreachable_bucket_explains_failure(config):
+    with object_stores.bucket_guard(config):
         run_local(config, stop_after="ingest")
     examples_uri = latest_artifact_uri(config, sidecars.EXAMPLE_GEN, "examples")
     say(ingest_summary(examples_uri))
@@ -240,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with to_stderr:
         from pipeline.reporting.summary import run_summary, run_summary_data
 
-        with object_stores.unreachable_bucket_explains_failure(config):
+        with object_stores.bucket_guard(config):
             result = run_local(config, stop_after="push", force=args.force)
         decision = change_decision(load_run(config))
         if decision and not decision["changed"]:

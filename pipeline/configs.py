@@ -101,6 +101,13 @@ class KubeflowConfig:
     serving_pvc: str = "ftune-models"
     # Where that claim is mounted in the tasks that name the serving folder; push.serving_dir must be below it.
     serving_mount_path: str = "/models"
+    # S3 endpoint of s3:// paths in every pod (AWS_ENDPOINT_URL), e.g. KFP's MinIO http://minio-service.kubeflow:9000;
+    # empty: AWS S3 itself (or whatever the image sets).
+    s3_endpoint: str = ""
+    # Secret in the run's namespace holding the S3 keys as `accesskey` and `secretkey` (KFP's own MinIO secret is
+    # mlpipeline-minio-artifact), given to every pod as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; empty: none (IRSA,
+    # an instance role).
+    s3_credentials_secret: str = ""
 
 
 @dataclasses.dataclass
@@ -113,6 +120,9 @@ class PipelineConfig:
     pipeline_root: str = "outputs"
     # This machine's own files when pipeline_root is a bucket URI; empty: ~/.cache/ftune/state/<scheme>/<bucket path>.
     state_dir: str = ""
+    # Seconds a run goes on while the S3 endpoint of its buckets does not answer (checked every 10 s) before it stops
+    # with exit 6; TensorFlow's S3 client would otherwise retry for ever. Also the Kubeflow pods' limit.
+    object_store_timeout_s: float = 120.0
     # Beam pipeline args for the Beam-based components, e.g. ["--runner=DataflowRunner", ...]. Empty: Beam's
     # FnApiRunner inside the `ftune run` process (LOCAL_BEAM_ARGS), or 4 worker processes in a Kubeflow pod.
     beam_args: List[str] = dataclasses.field(default_factory=list)
@@ -188,6 +198,7 @@ class PipelineConfig:
             "letters, digits, '_', '.' or '-'",
         )
         check(self.pipeline_root, bool(self.pipeline_root), "pipeline_root", "a non-empty path")
+        check(self.object_store_timeout_s, self.object_store_timeout_s > 0, "object_store_timeout_s", "positive")
         for section in (self.data, self.trainer, self.eval, self.push):
             section.validate()
         check(

@@ -5,6 +5,8 @@ spec's `command`, pipeline/kubeflow_v2_runner.py), TFX's own container entrypoin
 * before: when the task's invocation names an s3:// URI (its pipeline root, data root or serving folder), the
   object-store environment is made consistent and TensorFlow's s3:// filesystem registered
   (pipeline/object_stores.py); TFX's entrypoint would otherwise fail with "File system scheme 's3' not implemented";
+* during: the task's s3:// buckets are watched; an endpoint silent for object_store_timeout_s (its default) ends
+  the task with exit 6, where TensorFlow's S3 client would retry for ever and the pod hang;
 * after: the exit code TFX's entrypoint ended with is the pod's, also where tensorflow-io's S3 client would abort
   the interpreter's exit (134), which KFP would record as a failed task after a successful one.
 """
@@ -16,6 +18,7 @@ import traceback
 from typing import List, Optional
 
 from pipeline import object_stores
+from pipeline.configs import PipelineConfig
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -26,9 +29,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     object_stores.configure_environment()
     if any(object_stores.S3 in arg for arg in argv[1:]):
         object_stores.register_filesystems([object_stores.S3])
+    watch = object_stores.BucketWatch(object_stores.buckets_named(argv[1:]), PipelineConfig().object_store_timeout_s)
     try:
-        # TFX's own flags parser (the executor class, the invocation JSON, Beam's args after them).
-        app.run(tfx_entrypoint.main, argv=argv, flags_parser=tfx_entrypoint._parse_flags)
+        with watch:
+            # TFX's own flags parser (the executor class, the invocation JSON, Beam's args after them).
+            app.run(tfx_entrypoint.main, argv=argv, flags_parser=tfx_entrypoint._parse_flags)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception:  # the task failed: its traceback in the pod's log, a non-zero exit for KFP

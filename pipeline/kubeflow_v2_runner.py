@@ -299,7 +299,19 @@ def finish_spec(spec, pipeline, config: PipelineConfig) -> None:
     check_executors(spec)
     set_parameter_defaults(spec, pipeline)
     disable_cache_for_sources(spec)
+    set_s3_endpoint(spec, config.kubeflow.s3_endpoint)
     spec.default_pipeline_root = config.pipeline_root
+
+
+def set_s3_endpoint(spec, endpoint: str) -> None:
+    """AWS_ENDPOINT_URL in every container (pipeline/object_stores.py derives TensorFlow's S3_ENDPOINT from it)."""
+    if not endpoint:
+        return
+    for executor in spec.deployment_spec.fields["executors"].struct_value.fields.values():
+        container = executor.struct_value.fields.get("container")
+        if container is not None:
+            env = container.struct_value.get_or_create_list("env")
+            env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
 
 
 def executor_kinds(spec) -> Dict[str, List[str]]:
@@ -417,6 +429,19 @@ def volume_kubernetes_config(config: PipelineConfig) -> Dict[str, Any]:
     return json_format.MessageToDict(k8s.KubernetesExecutorConfig(pvc_mount=[mount]))
 
 
+def s3_credentials_kubernetes_config(secret: str) -> Dict[str, Any]:
+    """The S3 keys from `secret` (KFP's MinIO secret layout: accesskey, secretkey) as the AWS variables."""
+    from google.protobuf import json_format
+    from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s
+
+    keys = [("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")]
+    as_env = k8s.SecretAsEnv(
+        secret_name=secret,
+        key_to_env=[k8s.SecretAsEnv.SecretKeyToEnvMap(secret_key=k, env_var=v) for k, v in keys],
+    )
+    return json_format.MessageToDict(k8s.KubernetesExecutorConfig(secret_as_env=[as_env]))
+
+
 def platform_spec(spec, config: PipelineConfig):
     """The `platforms: kubernetes:` document, built with the KFP compiler's own helpers."""
     from kfp.compiler import pipeline_spec_builder as builder
@@ -429,6 +454,8 @@ def platform_spec(spec, config: PipelineConfig):
             task_config.update(trainer_kubernetes_config(config.kubeflow))
         if not uses_remote_push(config) and needs_serving_volume(spec, task_name, config.serving_model_dir):
             task_config.update(volume_kubernetes_config(config))
+        if config.kubeflow.s3_credentials_secret:
+            task_config.update(s3_credentials_kubernetes_config(config.kubeflow.s3_credentials_secret))
         if task_config:
             builder.merge_platform_specs(
                 result,

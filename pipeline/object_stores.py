@@ -28,7 +28,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import sys
+import threading
+import time
 from typing import Dict, Iterable, Iterator, List, Optional
 from urllib.parse import urlparse
 
@@ -39,8 +42,9 @@ from pipeline.outcome import CommandError
 S3 = "s3://"
 GCS = "gs://"
 SCHEMES = (S3, GCS)
-# How long the reachability check waits for the endpoint (connect and read), and how often it retries.
+# How long the reachability check waits for the endpoint (connect and read); how often a run checks its buckets.
 CHECK_TIMEOUT_S = 10
+WATCH_INTERVAL_S = 10
 _S3_EXTRA_HINT = "s3:// needs TensorFlow's S3 filesystem: pip install 'ftune[s3]' (tensorflow-io), as the image does"
 
 
@@ -124,12 +128,14 @@ def buckets(config: PipelineConfig) -> Dict[str, str]:
 
 
 @contextlib.contextmanager
-def unreachable_bucket_explains_failure(config: PipelineConfig) -> Iterator[None]:
-    """A run that fails while one of its buckets no longer answers (the server stopped, the credentials were
-    revoked) ends as that: one line naming the URI and the exit code of check_reachable (6: try again later),
-    instead of a component's traceback. Any other failure is re-raised as it is."""
+def bucket_guard(config: PipelineConfig) -> Iterator[None]:
+    """Around a run: its buckets are watched (BucketWatch: an endpoint silent for object_store_timeout_s ends it),
+    and a run that fails while one of them no longer answers (the server stopped, the credentials were revoked)
+    ends as that: one line naming the URI and the exit code of check_reachable (6: try again later), instead of a
+    component's traceback. Any other failure is re-raised as it is."""
     try:
-        yield
+        with BucketWatch(buckets(config), config.object_store_timeout_s):
+            yield
     except Exception as exc:
         for what, uri in buckets(config).items():
             try:
@@ -200,6 +206,56 @@ def _client_error(exc, what: str, uri: str, bucket: str, endpoint: str) -> Comma
     return CommandError(
         f"{what} {uri}: {endpoint} answered HTTP {status} {code}. Try again later", outcome.EXIT_UNAVAILABLE
     )
+
+
+class BucketWatch:
+    """While a run works on buckets, checks every WATCH_INTERVAL_S that their endpoint answers; once it has not for
+    `timeout_s`, prints the one-line error (check_reachable's, exit 6 when silent) and ends the process.
+
+    Why: with the endpoint gone, TensorFlow's S3 client (tensorflow-io) retries a refused connection for ever (seen:
+    a Transform step waiting on one `makedirs` for over 10 minutes), so the run would hang instead of failing.
+    Ending the process is safe where it is used: versions appear only with their last file (no partial version is
+    loadable), and the next run resumes from the steps that finished."""
+
+    def __init__(self, uris: Dict[str, str], timeout_s: float):
+        self.uris, self.timeout_s = dict(uris), timeout_s
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> BucketWatch:
+        if any(uri.startswith(S3) for uri in self.uris.values()):
+            self._thread = threading.Thread(target=self._watch, name="bucket-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        silent_since = None
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                for what, uri in self.uris.items():
+                    check_reachable(uri, what)
+                silent_since = None
+            except CommandError as lost:
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since >= self.timeout_s and not self._stop.is_set():
+                    print(
+                        f"ftune: error: {lost} (the run stopped there after {self.timeout_s:.0f} s without it, "
+                        "object_store_timeout_s; nothing served was changed, and the same command resumes from the "
+                        "steps that finished)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    time.sleep(1)  # the console filter forwards the line
+                    exit_now(lost.exit_code)
+
+
+def buckets_named(args: Iterable[str]) -> Dict[str, str]:
+    """{"s3://bucket": "s3://bucket"} for every s3:// bucket named anywhere in `args` (a pod's invocation JSON)."""
+    found = {f"s3://{m}" for arg in args for m in re.findall(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])", arg)}
+    return {uri: uri for uri in sorted(found)}
 
 
 # --- the end of a process ------------------------------------------------------------------------------------------

@@ -7,16 +7,17 @@ A CronJob, a CI job or a script tells outcomes apart by the exit code alone:
                              gate refused (the same data and settings are not retrained; `--force` does)
     1  EXIT_ERROR            anything unexpected (a bug, a crashed component): a traceback is printed
     2  EXIT_INVALID_SETTINGS a setting, flag or config file is wrong, e.g. a weights file that is not there, a
-                             version that does not exist, a malformed package; the KFP API refused the credentials
-                             (HTTP 401/403) or is not at --host (404)
+                             version that does not exist, a malformed package; the KFP API or an S3 endpoint
+                             refused the credentials (HTTP 401/403), the KFP API is not at --host (404)
     3  EXIT_UNUSABLE_INPUT   the input cannot be used: data folder missing or unusable, a bad label fixes file
-                             (components/label_fixes.py), no weights obtainable, a path that does not exist or
-                             cannot be written, a malformed version record, nothing to work on (no run to report
-                             on, no serving folder, no image that could be scored)
+                             (components/label_fixes.py), no weights obtainable, a path or bucket that does not
+                             exist or cannot be written, a malformed version record, nothing to work on (no run to
+                             report on, no serving folder, no image that could be scored)
     4  EXIT_GATE_REFUSED     the pipeline ran, the gate refused the model, nothing was pushed
     5  EXIT_BUSY             another `ftune run` holds the pipeline root's lock (named in the message): try later
-    6  EXIT_UNAVAILABLE      a service ftune talks to (the KFP API; TF Serving for `predict --server`) did not
-                             answer, timed out or failed (HTTP 5xx): nothing was changed; try again later
+    6  EXIT_UNAVAILABLE      a service ftune talks to (the KFP API; TF Serving for `predict --server`; the S3
+                             endpoint of a bucket, before or during a run) did not answer, timed out or failed
+                             (HTTP 5xx): nothing was changed; try again later
 
 Every command ends on one of these; a user's mistake is one line `ftune: error: ...` saying what is wrong and
 what to do (pipeline/cli.py turns the errors into it), a traceback only for a bug (exit 1).

@@ -1,6 +1,7 @@
 """Shared test fixtures. Tests run the real components on small generated data; nothing touches the network."""
 
 import hashlib
+import json
 import os
 import sys
 from typing import Iterable, List
@@ -13,6 +14,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_WEIGHTS = os.path.join(REPO, "..", "shared", "weights", "mobilenet_v2_1.0_224_no_top.h5")
 # In-process Beam keeps small test pipelines fast (no worker start-up); one test covers multi-processing.
 IN_MEMORY_BEAM = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
+# The runs of the span chains (scheduled retraining, label issues, the loop in a bucket): small images, a few
+# epochs (warm ones fewer), in-process Beam, a floor well above chance.
+SPAN_RUN_SETTINGS = [
+    "trainer.image_size=96",
+    "trainer.batch_size=16",
+    "trainer.phase1_epochs=5",
+    "trainer.phase2_epochs=1",
+    "trainer.warm_phase1_epochs=1",
+    "trainer.warm_phase2_epochs=1",
+    "trainer.cache_variants=2",
+    "trainer.warmup_requests=1",
+    "beam_args=" + json.dumps(IN_MEMORY_BEAM),
+    "eval.accuracy_floor=0.5",
+]
 
 
 def pretrained_weights_path() -> str:
@@ -63,13 +78,16 @@ def tree_digest(path, skip=()) -> str:
 # end up together at the tail. Without xdist (`pytest` alone) the order is all that changes.
 SMALL_RUN_MODULES = ("test_report", "test_use_and_see", "test_predict", "test_tflite")
 LONGEST_FIRST = (
+    "test_object_store_e2e",
     "test_kfp_spec_execution",
     "test_governance_e2e",
     "test_scheduled_retraining",
+    "test_kfp_spec_on_s3",
     "test_label_issues",
     "test_fault_battery",
     "small_run",
     "test_fine_tune",
+    "test_object_store_versions",
     "test_getting_started",
     "test_cats_vs_dogs_small",
     "test_cli",

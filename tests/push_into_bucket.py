@@ -13,7 +13,7 @@ from pipeline import object_stores  # noqa: E402
 
 def main() -> int:
     model_dir, serving_model_dir = sys.argv[1:3]
-    object_stores.register_filesystems([serving_model_dir])
+    object_stores.register_filesystems([model_dir, serving_model_dir])
     from serving import model_versions
 
     version = model_versions.push(model_dir, serving_model_dir, {"origin": "test push", "pid": os.getpid()})

@@ -121,6 +121,10 @@ class S3Server:
         """Stops listening and cuts every open connection: clients see a server that went away."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (close alone does not)
+            except OSError:
+                pass
             listener.close()
         with self._lock:
             connections, self._connections = self._connections, []
@@ -134,23 +138,27 @@ class S3Server:
     # --- the relay ----------------------------------------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
+        while self._listener is listener:
             try:
                 client, _ = listener.accept()
             except OSError:
+                if self._listener is listener:
+                    time.sleep(0.05)  # e.g. out of file descriptors for a moment: keep serving
+                    continue
                 return  # closed by down()
             try:
                 backend = socket.create_connection((HOST, self.backend_port))
             except OSError:
                 client.close()
                 continue
+            pair = [client, backend]
             with self._lock:
-                self._connections += [client, backend]
+                self._connections += pair
+            ended = threading.Semaphore(0)
             for source, sink in ((client, backend), (backend, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(source, sink, pair, ended), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, pair, ended: threading.Semaphore) -> None:
         try:
             while True:
                 data = source.recv(65536)
@@ -165,6 +173,17 @@ class S3Server:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            # The second direction to end closes both sockets (a relay that only shut them down ran out of file
+            # descriptors during a long test module, and then stopped accepting).
+            if ended.acquire(blocking=False):
+                with self._lock:
+                    for s in pair:
+                        if s in self._connections:
+                            self._connections.remove(s)
+                for s in pair:
+                    s.close()
+            else:
+                ended.release()
 
     # --- helpers for tests ------------------------------------------------------------------------------------
 

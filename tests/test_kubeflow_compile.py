@@ -380,3 +380,31 @@ def test_the_compiled_gate_is_the_local_gate(spec):
     assert evaluator_gate.thresholds_of(compiled)["class_recall_floor"] == config.eval.class_recall_floor
     assert params["min_class_examples"].runtime_value.constant.number_value == config.eval.min_class_examples
     assert "examples" in spec.root.dag.tasks["Pusher"].inputs.artifacts
+
+
+def test_s3_settings_reach_every_pod(tmp_path):
+    """kubeflow.s3_endpoint -> AWS_ENDPOINT_URL in every container; kubeflow.s3_credentials_secret -> the S3 keys
+    from that Secret (KFP's MinIO layout) in every pod; Beam's workers import tensorflow_io; no PVC when the
+    versions go to the bucket."""
+    config = make_config(serving_dir="s3://models/ftune")
+    config.kubeflow.serving_pvc = ""
+    config.kubeflow.s3_endpoint = "http://minio-service.kubeflow:9000"
+    config.kubeflow.s3_credentials_secret = "mlpipeline-minio-artifact"
+    runner.compile_pipeline(
+        config, str(tmp_path / "p.yaml"), image=IMAGE, pipeline_root="s3://mlpipeline/ftune", data_root="s3://img/x"
+    )
+    spec, platform = runner.read_package(str(tmp_path / "p.yaml"))
+    k8s = runner.kubernetes_executor_configs(platform)
+    for task in spec.root.dag.tasks:
+        c = container(spec, task)
+        assert {"name": "AWS_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"} in c["env"]
+        if any(arg.startswith("--runner") for arg in c["args"]):
+            assert "--beam_plugins=tensorflow_io" in c["args"]
+        config_of_task = k8s[runner.executor_label(spec, task)]
+        assert "pvcMount" not in config_of_task
+        (secret,) = config_of_task["secretAsEnv"]
+        assert secret["secretName"] == "mlpipeline-minio-artifact"
+        assert {m["envVar"]: m["secretKey"] for m in secret["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID": "accesskey",
+            "AWS_SECRET_ACCESS_KEY": "secretkey",
+        }

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+from conftest import REPO, SPAN_RUN_SETTINGS, pretrained_weights_path
 
 from components import change_check
 from components import data_findings as df
@@ -779,17 +779,7 @@ def test_sample_spans_on_the_pretrained_base(tmp_path):
 # --- the whole pipeline: two clean spans, then a span with two swapped training folders ----------------------------
 
 PER_CLASS = 60  # per span: 48 training and 12 validation images per class
-COMMON = [
-    "trainer.image_size=96",
-    "trainer.batch_size=16",
-    "trainer.phase1_epochs=5",
-    "trainer.phase2_epochs=1",
-    "trainer.warm_phase1_epochs=1",
-    "trainer.warm_phase2_epochs=1",
-    "trainer.cache_variants=2",
-    "trainer.warmup_requests=1",
-    f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
-    "eval.accuracy_floor=0.5",
+COMMON = SPAN_RUN_SETTINGS + [
     "eval.max_class_recall_drop=0.45",
 ]
 

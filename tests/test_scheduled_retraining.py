@@ -15,7 +15,7 @@ import time
 
 import pytest
 import tensorflow as tf
-from conftest import IN_MEMORY_BEAM, REPO, pretrained_weights_path
+from conftest import REPO, SPAN_RUN_SETTINGS, pretrained_weights_path
 
 from components import change_check as cc
 from pipeline.configs import PipelineConfig, load_config
@@ -26,17 +26,7 @@ from serving import model_versions, sidecars
 pytestmark = pytest.mark.slow  # whole pipeline runs: `make test-fast` leaves them out
 
 PER_CLASS = 20
-COMMON = [
-    "trainer.image_size=96",
-    "trainer.batch_size=16",
-    "trainer.phase1_epochs=5",
-    "trainer.phase2_epochs=1",
-    "trainer.warm_phase1_epochs=1",
-    "trainer.warm_phase2_epochs=1",
-    "trainer.cache_variants=2",
-    "trainer.warmup_requests=1",
-    f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
-    "eval.accuracy_floor=0.5",
+COMMON = SPAN_RUN_SETTINGS + [
     "eval.max_accuracy_drop=0.2",
     # About 5 eval images per class: one image is a recall step of 0.2, so the default 0.1 allowed drop would make
     # the warm run's push depend on a single image. This module tests spans and warm starts, not the gate.
