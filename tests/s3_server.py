@@ -35,7 +35,12 @@ def free_port() -> int:
 
 
 class S3Server:
-    def __init__(self):
+    """`auth=True`: requests must be signed with the key of a user the server creates (wrong keys get HTTP 403).
+    moto then checks every request against IAM, which costs CPU the other test worker needs: only the tests of
+    refused credentials ask for it."""
+
+    def __init__(self, auth: bool = False):
+        self.auth = auth
         self.backend_port = free_port()
         self.port = free_port()
         self._process: Optional[subprocess.Popen] = None
@@ -65,9 +70,10 @@ class S3Server:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self) -> S3Server:
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(_SETUP_ACTIONS)) if self.auth else None
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.backend_port)],
-            env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(_SETUP_ACTIONS)),
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -81,7 +87,10 @@ class S3Server:
                     raise RuntimeError("moto's S3 server did not start") from None
                 time.sleep(0.1)
         self.up()
-        self._make_user()
+        if self.auth:
+            self._make_user()
+        else:
+            self.access_key, self.secret_key = "ftune-test", "ftune-test-secret"
         return self
 
     def _make_user(self) -> None:

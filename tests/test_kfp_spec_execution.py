@@ -369,7 +369,10 @@ def test_wheel_alone_provides_everything_the_spec_names(installed_wheel, setup):
         "    assert module.__file__.startswith(site), (path, module.__file__)\n"
         "print('imported', len(paths))\n"
     )
-    checked = sorted(set(project) | {"pipeline.cli.main", "pipeline.kubeflow_v2_runner.compile_pipeline"})
+    checked = sorted(
+        set(project)
+        | {"pipeline.cli.run", "pipeline.kfp_executor.main", "pipeline.kubeflow_v2_runner.compile_pipeline"}
+    )
     env = dict(setup["env"], TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
         [sys.executable, "-c", script, str(site), json.dumps(checked)],
@@ -383,7 +386,7 @@ def test_wheel_alone_provides_everything_the_spec_names(installed_wheel, setup):
     assert f"imported {len(checked)}" in result.stdout
     with zipfile.ZipFile(wheel) as whl:
         entry_points = next(n for n in whl.namelist() if n.endswith("entry_points.txt"))
-        assert "ftune = pipeline.cli:main" in whl.read(entry_points).decode()
+        assert "ftune = pipeline.cli:run" in whl.read(entry_points).decode()
 
 
 # --- execution 1: defaults ----------------------------------------------------------------------------------------

@@ -678,10 +678,11 @@ def stages(dockerfile_commands):
 def test_dockerfile_installs_the_built_wheel_with_constraints(dockerfile_commands):
     build, runtime = stages(dockerfile_commands)[0], stages(dockerfile_commands)[-1]
     runs = " && ".join(cmd.value[0] for cmd in build if cmd.cmd == "RUN")
-    # The project is built into a wheel, and that wheel (gpu extra: TF's pinned CUDA wheels) is what gets installed,
-    # with every dependency pinned by constraints.txt: the same artifact tests/test_kfp_spec_execution.py runs.
+    # The project is built into a wheel, and that wheel (gpu extra: TF's pinned CUDA wheels; s3 extra: tensorflow-io
+    # for s3:// paths) is what gets installed, with every dependency pinned by constraints.txt: the same artifact
+    # tests/test_kfp_spec_execution.py runs.
     assert re.search(r"pip wheel --no-deps -w /wheels \.(\s|$)", runs), runs
-    assert re.search(r'pip install -c constraints\.txt "\$\(ls /wheels/ftune-\*\.whl\)\[gpu\]"', runs), runs
+    assert re.search(r'pip install -c constraints\.txt "\$\(ls /wheels/ftune-\*\.whl\)\[gpu,s3\]"', runs), runs
     assert not re.search(r"pip install [^&]*(-e |--editable|\s\.\[|\s\.(\s|$))", runs), "source-tree install: " + runs
     # The runtime image gets the virtualenv only, never the source tree, and nothing puts sources on PYTHONPATH.
     copies = [cmd.value for cmd in runtime if cmd.cmd == "COPY"]
@@ -698,7 +699,7 @@ def test_dockerfile_runs_as_the_manifests_numeric_non_root_user(dockerfile_comma
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) == APP_UID  # numeric, so Kubernetes can verify runAsNonRoot
     assert gid.isdigit()
-    # No ENTRYPOINT: KFP sets the container command (python -m tfx...) and the CronJob runs `ftune`.
+    # No ENTRYPOINT: KFP sets the container command (python -m pipeline.kfp_executor) and the CronJob runs `ftune`.
     assert not [cmd for cmd in dockerfile_commands if cmd.cmd == "ENTRYPOINT"]
     cronjob = one(rendered["prod"], "CronJob", "ftune-retrain")
     for security_context in (pod_spec(cronjob)["securityContext"], container(cronjob, "submit")["securityContext"]):
@@ -707,7 +708,7 @@ def test_dockerfile_runs_as_the_manifests_numeric_non_root_user(dockerfile_comma
     # The CronJob's command is the console script the wheel installs into the venv's bin (on the image's PATH).
     assert container(cronjob, "submit")["command"] == ["ftune"]
     scripts = (REPO / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
-    assert re.search(r'^ftune = "pipeline\.cli:main"$', scripts, re.M), scripts
+    assert re.search(r'^ftune = "pipeline\.cli:run"$', scripts, re.M), scripts
     # Pods of the pipeline run as this user too (KFP sets no securityContext): the folders the KFP launcher and
     # TFX write to outside /tmp (artifact staging, $HOME) must be the user's.
     runs = " && ".join(cmd.value[0] for cmd in dockerfile_commands if cmd.cmd == "RUN")

@@ -28,7 +28,7 @@ RECORD = "assets.extra/model_record.json"  # the version's record, written befor
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server().start()
+    server = S3Server(auth=True).start()  # signatures checked: the refused-credentials test needs it
     server.create_bucket(BUCKET)
     yield server
     server.stop()
