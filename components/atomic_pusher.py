@@ -194,6 +194,7 @@ def build_record(
             "checked": gate.get("checked"),
         },
         "warm_start": history.get("warm_start") or {"from_version": None, "reason": None},
+        "profile": history.get("profile"),
     }
 
 

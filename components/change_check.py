@@ -67,6 +67,8 @@ FIRST_TRAINING_CODE_VERSION = 1
 CODE_VERSION_KEY = "training_code_version"
 # The settings key compared by content, and the record key the Pusher writes its digest under.
 WEIGHTS_KEY = "trainer.weights"
+# Named first when it changed: a new training profile (trainer/profiles.py) changes several settings at once.
+PROFILE_KEY = "trainer.profile"
 WEIGHTS_DIGEST_KEY = "weights_digest"
 
 # Settings that say where things live or how much is kept, not what is trained or pushed. The input files
@@ -192,7 +194,10 @@ def recorded_settings(record: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def changed_keys(now: Mapping[str, Any], then: Mapping[str, Any]) -> List[str]:
-    return sorted(key for key in set(now) | set(then) if now.get(key) != then.get(key))
+    """The keys whose values differ, trainer.profile first, then by name."""
+    return sorted(
+        (key for key in set(now) | set(then) if now.get(key) != then.get(key)), key=lambda k: (k != PROFILE_KEY, k)
+    )
 
 
 def _shown(value: Any) -> str:

@@ -47,7 +47,7 @@ from components import data_findings
 from serving import sidecars
 from serving.export import export_saved_model
 from serving.tflite import export_tflite
-from trainer import features
+from trainer import features, profiles
 from trainer import warm_start as warm
 from trainer.fine_tune import train_two_phase
 from trainer.model import build_model
@@ -66,6 +66,8 @@ INGESTED_EXAMPLES_KEY = "ingested_examples"
 # custom_config key of the weights file's content digest (pipeline.create_pipeline, local runs): not read here, it
 # only makes MLMD's cache key change when other bytes sit at the same trainer.weights path.
 WEIGHTS_DIGEST_KEY = "weights_digest"
+# custom_config key of the training profile the pipeline resolved (trainer/profiles.py ProfileChoice.as_dict()).
+PROFILE_KEY = "profile"
 
 
 def trainer_config(custom_config: Dict[str, Any]) -> TrainerConfig:
@@ -151,6 +153,12 @@ def run_fn(fn_args: FnArgs) -> None:
     logging.info("Trainer: %d classes %s", len(class_names), class_names)
     for line in settings_lines(cfg):
         logging.info("Trainer: %s", line)
+    choice = profiles.ProfileChoice.from_dict((fn_args.custom_config or {}).get(PROFILE_KEY))
+    if choice is not None:
+        logging.info("Trainer: %s", choice.line())
+        mismatch = profiles.hardware_mismatch(choice, len(tf.config.list_physical_devices("GPU")))
+        if mismatch:
+            logging.warning("Trainer: %s", mismatch)
 
     in_memory = cfg.reads_images_every_epoch()
     train_ds = make_dataset(
@@ -238,6 +246,8 @@ def run_fn(fn_args: FnArgs) -> None:
     # warm start swapped in its own epoch counts, so that the next run's no-op check compares like with like.
     history["trainer_config"] = configured
     history["warm_start"] = warm_start
+    # The recipe and why it was chosen (trainer.profile), for the summary and the version's record.
+    history["profile"] = choice.as_dict() if choice is not None else None
     # The check of the training data, features included (0 when trainer.label_issues is off).
     history["label_issues_s"] = round(findings.seconds, 2) if findings else 0.0
 

@@ -223,9 +223,13 @@ def runtime_parameters(config: PipelineConfig) -> Dict[str, Any]:
 
 
 def build_pipeline(config: PipelineConfig, beam_args: Optional[Sequence[str]] = None):
-    """create_pipeline's pipeline for Kubeflow (`config` from kubeflow_config), Trainer resources attached."""
-    from pipeline.pipeline import create_pipeline
+    """create_pipeline's pipeline for Kubeflow (`config` from kubeflow_config), Trainer resources attached. The
+    training profile is resolved by the Trainer pod's GPUs (kubeflow.gpu_count) before the run parameters take
+    their defaults from the trainer settings."""
+    from pipeline.pipeline import create_pipeline, resolve_profile
+    from trainer.profiles import Hardware
 
+    config, choice = resolve_profile(config, Hardware(config.kubeflow.gpu_count, "kubeflow.gpu_count"))
     pipeline = create_pipeline(
         config,
         data_root=config.data.data_root,
@@ -237,6 +241,7 @@ def build_pipeline(config: PipelineConfig, beam_args: Optional[Sequence[str]] = 
             config.storage_paths().values(), list(beam_args or config.beam_args or KUBEFLOW_BEAM_ARGS)
         ),
         runtime_parameters=runtime_parameters(config),
+        profile_choice=choice,
     )
     request_trainer_resources(pipeline, config.kubeflow)
     return pipeline

@@ -495,9 +495,11 @@ def local_pipeline(
     Beam-based component, caching on unless `enable_cache` is False (`ftune run --force`)."""
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from pipeline.pipeline import create_pipeline, resolve_profile
     from serving.model_versions import serving_state
+    from trainer.profiles import local_hardware
 
+    config, choice = resolve_profile(config, local_hardware())
     return create_pipeline(
         config,
         data_root=data_root,
@@ -510,4 +512,5 @@ def local_pipeline(
         force=force,
         change_key=key,
         weights_digest=weights_identity(config.trainer.weights),
+        profile_choice=choice,
     )

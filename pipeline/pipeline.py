@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 from tfx import v1 as tfx
 
@@ -17,6 +17,7 @@ from components.image_example_gen import ImageExampleGen
 from components.served_model_baseline import ServedModelBaseline
 from pipeline.configs import PipelineConfig
 from serving import sidecars
+from trainer import profiles
 from trainer.weights_digest import is_digest
 
 # Stages a caller can stop after (`ftune ingest` uses "ingest", trainer tests "train").
@@ -41,6 +42,7 @@ def create_pipeline(
     force: bool = False,
     change_key: str = "",
     weights_digest: str = "",
+    profile_choice: Optional[profiles.ProfileChoice] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -65,6 +67,11 @@ def create_pipeline(
       weights_digest: trainer.weights as the local runner's change check compares it (`sha256:<hex>` of a weights
         file, trainer/weights_digest.py): in the Trainer's custom_config (which it does not read) so that MLMD
         trains again when other bytes sit at the same path. "" on Kubeflow and for keywords and URIs.
+      profile_choice: what `trainer.profile` resolved to, `config` holding its trainer settings (the runners call
+        `resolve_profile` with the Trainer's hardware: the local runner this machine's GPUs, Kubeflow
+        kubeflow.gpu_count); None: resolved here for a Trainer without a GPU. Resolved once, before any component
+        is built, because Transform resizes to the profile's image size; every component, the change check's
+        settings included, sees the resolved trainer settings.
 
     A full pipeline (stop_after="push") starts with the change check (components/change_check.py); every other
     component runs under `tfx.dsl.Cond` on its decision, so a run with nothing new (or only a batch the gate already
@@ -72,6 +79,8 @@ def create_pipeline(
     """
     if stop_after not in STAGES:
         raise ValueError(f"stop_after must be one of {STAGES}, got {stop_after!r}")
+    if profile_choice is None:
+        config, profile_choice = resolve_profile(config, None)
     components = []
     run_params = dict(runtime_parameters or {})
     guard = contextlib.nullcontext()
@@ -96,7 +105,7 @@ def create_pipeline(
         guard = tfx.dsl.Cond(decision.future()[0].custom_property(change_check.CHANGED_PROPERTY) == 1)
     with guard:
         components += _pipeline_components(
-            config, data_root, split_mode, stop_after, serving_state, run_params, check, weights_digest
+            config, data_root, split_mode, stop_after, serving_state, run_params, check, weights_digest, profile_choice
         )
 
     return tfx.dsl.Pipeline(
@@ -107,6 +116,16 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def resolve_profile(
+    config: PipelineConfig, hardware: Optional[profiles.Hardware]
+) -> Tuple[PipelineConfig, profiles.ProfileChoice]:
+    """A copy of `config` whose trainer settings are those of the profile `trainer.profile` resolves to on the
+    Trainer's `hardware` (None: no GPU), and that choice."""
+    hardware = hardware or profiles.Hardware(0, "no GPU given to the pipeline")
+    trainer_config, choice = profiles.resolve(config.trainer, hardware)
+    return dataclasses.replace(config, trainer=trainer_config), choice
 
 
 def _weights_digest_config(weights_digest: str) -> dict:
@@ -122,7 +141,8 @@ def _pipeline_components(
     serving_state: str,
     run_params: Mapping[str, Any],
     check: Optional[change_check.ChangeCheck],
-    weights_digest: str = "",
+    weights_digest: str,
+    choice: profiles.ProfileChoice,
 ) -> list:
     """ImageExampleGen to the Pusher (as far as `stop_after`), in order."""
     data = config.data
@@ -179,6 +199,7 @@ def _pipeline_components(
                     "mode": config.push.tflite,
                     "max_accuracy_drop": config.eval.max_tflite_accuracy_drop,
                 },
+                fine_tune_trainer.PROFILE_KEY: choice.as_dict(),
                 **_weights_digest_config(weights_digest),
             },
             base_model=baseline.outputs["baseline_model"],

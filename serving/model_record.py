@@ -44,6 +44,10 @@ Keys added by issue 34 (optional for readers):
                      the label fixes file ingestion applied (components/label_fixes.py); null without one. Its
                      hash is also in data.fingerprint
 
+Keys added by issue 33 (optional for readers):
+    profile          {"setting": "auto" | "fast" | "best", "resolved": "fast" | "best", "why": "..."}: the training
+                     recipe (trainer/profiles.py) and why it was chosen; null for versions trained before it
+
 Writers: the Pusher (components/atomic_pusher.py, kind "trained"), `ftune rollback` (kind "rollback": a copy of
 the rolled-back version's record with version, kind, rollback_of and pushed_at replaced).
 """
@@ -73,6 +77,7 @@ RECORD_KEYS = (
     "metrics",
     "gate",
     "warm_start",
+    "profile",
 )
 
 

@@ -155,6 +155,9 @@ def setup(request, tmp_path_factory, installed_wheel):
             "eval.accuracy_floor=0.7",
             f"beam_args={json.dumps(IN_MEMORY_BEAM)}",
             f"kubeflow.serving_pvc={PVC}",
+            # The spec asks a GPU for the Trainer (kubeflow.gpu_count=1, the default), which `auto` answers with the
+            # GPU recipe; the harness runs the pods on this CPU, so the CPU recipe is asked for by name.
+            "trainer.profile=fast",
             # Where the PVC is mounted in the pods: a folder this machine can create (the cluster's is /models).
             f"kubeflow.serving_mount_path={root / 'mnt' / 'models'}",
         ]
@@ -412,6 +415,12 @@ def test_first_execution_runs_every_task_and_pushes_version_1(first, setup):
     # Artifacts live under the run's root, one folder per task and output key.
     assert first.artifact("Trainer", "model")["uri"] == f"{first.run_root}/Trainer/model"
     assert history(first)["phase2_start_epoch"] is not None
+    # The profile chosen at compile time reached the Trainer's pod (and from there the history and the record).
+    assert history(first)["profile"] == {
+        "setting": "fast",
+        "resolved": "fast",
+        "why": "as set (kubeflow.gpu_count: 1 GPU)",
+    }
     # The Trainer's check of its training data: label_issues.json beside the history, and the feature profile in
     # the pushed version, for the next run to compare with.
     from serving import sidecars

@@ -21,6 +21,15 @@ from trainer.weights import build_base, resolve_weights
 LAYER_INPUT = "image"
 LAYER_FLIP = "augment_flip"
 LAYER_ROTATION = "augment_rotation"
+LAYER_ZOOM = "augment_zoom"
+LAYER_BRIGHTNESS = "augment_brightness"
+LAYER_CONTRAST = "augment_contrast"
+# The augmentation layers in the order the model applies them (the feature caches draw their versions with them).
+AUGMENTATION_LAYERS = (LAYER_FLIP, LAYER_ROTATION, LAYER_ZOOM, LAYER_BRIGHTNESS, LAYER_CONTRAST)
+# trainer.augmentation=strong: zoom in by up to this share of the side (a random crop of 36-100 % of the area,
+# resized back), and brightness / contrast by up to this factor.
+STRONG_ZOOM = 0.4
+STRONG_COLOUR = 0.2
 LAYER_PREPROCESS = "preprocess"
 LAYER_BASE = "base"
 LAYER_POOL = "pool"
@@ -139,11 +148,20 @@ def build_model(
 
 
 def _augmentation(x, cfg: TrainerConfig):
-    """Random horizontal flips and rotations, in training only (identity otherwise)."""
+    """Random horizontal flips and rotations, and with `augmentation=strong` zoom-in crops, brightness and
+    contrast; in training only (identity otherwise). Pixels stay in [0, 255]."""
     if not cfg.augment:
         return x
     # One wrapper per layer: wrapping a keras.Sequential of them brings the export problem back.
     x = TrainingOnly(keras.layers.RandomFlip("horizontal", seed=cfg.seed), name=LAYER_FLIP)(x)
     if cfg.rotation_factor > 0:
         x = TrainingOnly(keras.layers.RandomRotation(cfg.rotation_factor, seed=cfg.seed), name=LAYER_ROTATION)(x)
+    if cfg.augmentation == "strong":
+        # A negative zoom factor zooms in: the random-resized-crop of the ImageNet recipes, kept square.
+        zoom = keras.layers.RandomZoom((-STRONG_ZOOM, 0.0), seed=cfg.seed)
+        x = TrainingOnly(zoom, name=LAYER_ZOOM)(x)
+        brightness = keras.layers.RandomBrightness(STRONG_COLOUR, value_range=(0, 255), seed=cfg.seed)
+        x = TrainingOnly(brightness, name=LAYER_BRIGHTNESS)(x)
+        contrast = keras.layers.RandomContrast(STRONG_COLOUR, value_range=(0, 255), seed=cfg.seed)
+        x = TrainingOnly(contrast, name=LAYER_CONTRAST)(x)
     return x

@@ -51,6 +51,9 @@ PHASE2_MODES = ("cached_prefix", "end_to_end")
 PHASE2_LR_SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTINGS = ("auto", "on", "off")
 WARM_START_MODES = ("auto", "off")
+AUGMENTATIONS = ("basic", "strong")
+# trainer.profile's values (trainer/profiles.py resolves "auto" by the Trainer's hardware).
+PROFILE_SETTINGS = ("auto", "fast", "best")
 # The trainer settings a Kubeflow run may override as run parameters (the one list: the Trainer component
 # accepts them, the Kubeflow compiler declares them). A run that warm-starts from the served model trains the
 # warm_* epochs instead of phase1/phase2_epochs, so those are parameters too.
@@ -94,6 +97,11 @@ def _existing_file(path: str, source: str) -> str:
 class TrainerConfig:
     """Freeze-then-fine-tune transfer learning (Transform + Trainer)."""
 
+    # The recipe, by the Trainer's hardware (trainer/profiles.py): "fast" (the CPU recipe: these defaults), "best"
+    # (224 px, phase 2 end to end on freshly augmented images, deeper unfreeze, longer, float16 on GPU: ~10x the
+    # time on a CPU), or "auto" = best when the Trainer has a GPU, else fast. A profile sets only the settings
+    # left at their defaults.
+    profile: str = "auto"
     # keras.applications base, one of BASE_MODEL_LAYERS: mobilenet_v2, efficientnet_b0, xception or resnet50.
     base_model: str = "mobilenet_v2"
     # "imagenet", a local weights file path, "none", or "" to resolve: FTUNE_WEIGHTS env var, then "imagenet".
@@ -127,6 +135,9 @@ class TrainerConfig:
     augment: bool = True
     # Random rotation range as a fraction of a full turn (Keras' RandomRotation factor); 0 for none.
     rotation_factor: float = 0.2
+    # "basic": random flips and rotations; "strong": also random zoom-in crops (up to 40 % of the side), brightness
+    # and contrast (+-20 %). On the cached path the cached versions of each image are drawn with these layers.
+    augmentation: str = "basic"
     # Seed of the random initialisation, augmentation, dropout and batch order.
     seed: int = 42
     # Speed levers (trainer/fine_tune.py). The frozen part of the base computes the same output for an image in
@@ -178,6 +189,8 @@ class TrainerConfig:
     def validate(self) -> TrainerConfig:
         """Checks every `trainer.*` value (ranges, allowed values, `fine_tune_at` against the base's depth)."""
         t = self
+        check(t.profile, t.profile in PROFILE_SETTINGS, "trainer.profile", one_of(PROFILE_SETTINGS))
+        check(t.augmentation, t.augmentation in AUGMENTATIONS, "trainer.augmentation", one_of(AUGMENTATIONS))
         check(t.base_model, t.base_model in BASE_MODEL_LAYERS, "trainer.base_model", one_of(BASE_MODEL_LAYERS))
         check(t.image_size, t.image_size >= 32, "trainer.image_size", "at least 32")
         check(t.batch_size, t.batch_size >= 1, "trainer.batch_size", "at least 1")

@@ -210,6 +210,7 @@ def _training(run: RunView) -> Dict[str, Any]:
         "learning_rates": dict(history.get("learning_rates") or {}),
         "trainable_base_layers": history.get("trainable_base_layers"),
         "warm_start": history.get("warm_start"),
+        "profile": history.get("profile"),
         "curves": {**curves, "phase": phases},
         "model_uri": uri,
         "history_path": path,

@@ -120,6 +120,9 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
             f"training: eval accuracy after phase 1 {fmt(acc.get('phase1'))}, after phase 2 "
             f"{fmt(acc.get('phase2'))} ({fmt(training['wall_seconds'].get('total'), 1)} s)"
         )
+        profile = training.get("profile")
+        if profile:
+            lines.append(f"profile: {profile['resolved']} (trainer.profile={profile['setting']}: {profile['why']})")
         if training.get("warm_start"):
             lines.append(f"warm start: {training['warm_start']['reason']}")
     else:
