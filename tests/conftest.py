@@ -78,12 +78,11 @@ def tree_digest(path, skip=()) -> str:
 # end up together at the tail. Without xdist (`pytest` alone) the order is all that changes.
 SMALL_RUN_MODULES = ("test_report", "test_use_and_see", "test_predict", "test_tflite")
 LONGEST_FIRST = (
-    "test_object_store_e2e",
+    "test_scheduled_retraining",
+    "test_label_issues",
     "test_kfp_spec_execution",
     "test_governance_e2e",
-    "test_scheduled_retraining",
     "test_kfp_spec_on_s3",
-    "test_label_issues",
     "test_fault_battery",
     "small_run",
     "test_fine_tune",

@@ -12,6 +12,7 @@ AWS_ENDPOINT_URL; TensorFlow's S3 filesystem: S3_ENDPOINT, S3_USE_HTTPS, S3_VERI
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -222,6 +223,27 @@ class S3Server:
                 client.upload_file(path, bucket, key)
                 count += 1
         return count
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The object at `s3://bucket/key` (the test process reads the bucket with boto3: it never loads
+        tensorflow-io, whose S3 client aborts at interpreter exit)."""
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def read_json(self, uri: str):
+        return json.loads(self.read_bytes(uri))
+
+    def download_tree(self, uri: str, local_dir: str) -> List[str]:
+        """Copies every object under `s3://bucket/prefix` into local_dir (same relative paths); returns the paths."""
+        paths = []
+        for name in self.keys(uri):
+            if name and not name.endswith("/"):
+                path = os.path.join(local_dir, name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(self.read_bytes(f"{uri.rstrip('/')}/{name}"))
+                paths.append(path)
+        return paths
 
     def keys(self, uri: str) -> List[str]:
         """Every key under `s3://bucket/prefix`, relative to the prefix."""

@@ -1,5 +1,6 @@
 """Versions in a bucket (s3://, served by tests/s3_server.py): what TF Serving could load while a push writes, a
-push killed halfway, two pushes at once, and `ftune versions` / `rollback` on the bucket.
+push killed halfway, two pushes at once, and `ftune versions` on the bucket (`rollback` in a bucket:
+test_scheduled_retraining.py).
 
 TF Serving's file-system source serves the highest integer-named folder of the model's base path; its SavedModel
 loader needs `saved_model.pb`. A version is therefore loadable exactly when `<n>/saved_model.pb` exists, and the
@@ -180,21 +181,6 @@ def test_a_claim_is_won_once(s3, monkeypatch):
     assert claim_version(serving, 7) is True
     assert claim_version(serving, 7) is False
     assert claim_version(serving, 8) is True
-
-
-def test_rollback_in_a_bucket_republishes_the_version(s3, model):
-    model_dir, expected = model
-    serving_dir = f"s3://{BUCKET}/rollback"
-    serving = f"{serving_dir}/{MODEL_NAME}"
-    for want in (1, 2):
-        assert finished(push_process(s3, model_dir, serving)) == want
-    rolled = ftune(s3, serving_dir, "rollback", "--to", "1")
-    assert rolled.returncode == 0, rolled.stderr[-2000:]
-    listing = objects(s3, serving)
-    assert sorted(versions_in(listing)) == [1, 2, 3]
-    assert loadable_but_incomplete(listing, expected) == []
-    record = json.loads(s3.client().get_object(Bucket=BUCKET, Key=f"rollback/{MODEL_NAME}/3/{RECORD}")["Body"].read())
-    assert record["version"] == 3
 
 
 # --- a bucket that cannot be used: one line naming the URI, the documented exit code, before anything runs -------

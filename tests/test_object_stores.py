@@ -1,6 +1,6 @@
 """pipeline/object_stores.py without a server: the endpoint variables every layer reads, where local files go when
 the pipeline root is a bucket, what the Kubeflow spec gives every pod for s3://. (The server side:
-tests/test_object_store_versions.py, test_object_store_e2e.py, test_kfp_spec_on_s3.py.)"""
+tests/test_object_store_versions.py, test_scheduled_retraining.py, test_kfp_spec_on_s3.py.)"""
 
 import os
 
