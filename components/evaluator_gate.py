@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import types
-from tfx import v1 as tfx
 from tfx.components.evaluator import executor as evaluator_executor
+from tfx.components.evaluator.component import Evaluator
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
@@ -425,7 +425,7 @@ class GateSpec(standard_component_specs.EvaluatorSpec):
     }
 
 
-class GatedEvaluator(tfx.components.Evaluator):
+class GatedEvaluator(Evaluator):
     SPEC_CLASS = GateSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 

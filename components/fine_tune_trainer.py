@@ -35,8 +35,8 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import types
-from tfx import v1 as tfx
 from tfx.components.trainer import executor as trainer_executor
+from tfx.components.trainer.component import Trainer
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts, standard_component_specs
@@ -354,7 +354,7 @@ class FineTuneExecutor(trainer_executor.GenericExecutor):
         super().Do(stock, output_dict, exec_properties)
 
 
-class FineTuneTrainer(tfx.components.Trainer):
+class FineTuneTrainer(Trainer):
     SPEC_CLASS = FineTuneTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(FineTuneExecutor)
 

@@ -286,10 +286,10 @@ def compile_spec(pipeline, image: str):
     """TFX's KubeflowV2DagRunner, schema 2.1, in memory; returns the PipelineSpec proto."""
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
-    from tfx import v1 as tfx
+    from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import KubeflowV2DagRunner, KubeflowV2DagRunnerConfig
 
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+    runner = KubeflowV2DagRunner(
+        config=KubeflowV2DagRunnerConfig(
             default_image=image, default_commands=list(POD_COMMAND), use_pipeline_spec_2_1=True
         )
     )

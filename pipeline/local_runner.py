@@ -455,7 +455,7 @@ def run_local(
 
 
 def _run_local_locked(config: PipelineConfig, stop_after: str, progress: Callable[[str], None], force: bool) -> Dict:
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     from components.image_listing import resolve_split_mode, select_spans
 
@@ -476,7 +476,7 @@ def _run_local_locked(config: PipelineConfig, stop_after: str, progress: Callabl
     key = change_key(config, data_root, split_mode, spans) if stop_after == "push" else ""
     pipeline = local_pipeline(config, data_root, split_mode, stop_after, enable_cache=not force, force=force, key=key)
     started = time.time()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    LocalDagRunner().run(pipeline)
     wall = time.time() - started
     progress(f"pipeline finished in {wall:.1f} s")
     return {"data_root": data_root, "split_mode": split_mode, "spans": spans, "wall_s": wall}
@@ -493,7 +493,7 @@ def local_pipeline(
 ):
     """The pipeline `run_local` runs: MLMD in SQLite under the pipeline root, `beam_args(config)` for every
     Beam-based component, caching on unless `enable_cache` is False (`ftune run --force`)."""
-    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
 
     from pipeline.pipeline import create_pipeline, resolve_profile
     from serving.model_versions import serving_state
@@ -506,7 +506,7 @@ def local_pipeline(
         split_mode=split_mode,
         stop_after=stop_after,
         enable_cache=enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path),
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path),
         beam_pipeline_args=beam_args(config),
         serving_state=serving_state(config.serving_model_dir),
         force=force,

@@ -34,3 +34,31 @@ def test_local_runner_passes_beam_args_to_every_beam_component(tmp_path):
 
     flink = _beam_args_per_component(tmp_path / "flink", ['beam_args=["' + '","'.join(FLINK) + '"]'])
     assert flink == {name: FLINK for name in BEAM_COMPONENTS}
+
+
+def test_a_run_and_a_pod_start_without_tfx_v1(tmp_path):
+    """`tfx.v1` imports TFX's Google Cloud extensions (aiplatform and more): ~2.5 s of start-up that neither `ftune
+    run` nor a Kubeflow pod uses. Building the local pipeline, the runner and the pod entry point import TFX's own
+    modules instead; checked in a fresh interpreter (this one may have imported tfx.v1 for other tests)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "data" / "cats").mkdir(parents=True)
+    (tmp_path / "data" / "dogs").mkdir()
+    script = (
+        "import sys\n"
+        "from pipeline.configs import load_config\n"
+        "from pipeline.local_runner import local_pipeline\n"
+        "from tfx.orchestration.local.local_dag_runner import LocalDagRunner\n"
+        "import pipeline.kfp_executor, pipeline.kubeflow_v2_runner\n"
+        "from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor\n"  # what a pod runs
+        "from tfx.components.transform import executor\n"
+        f"config = load_config(None, ['pipeline_root={tmp_path / 'root'}']).absolute_paths()\n"
+        f"local_pipeline(config, '{tmp_path / 'data'}', 'hash')\n"
+        "print('tfx.v1 imported:', 'tfx.v1' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tfx.v1 imported: False" in result.stdout
