@@ -86,6 +86,10 @@ def run_seed(args, data_dir: str, work: str, seed: int, default_seed: int) -> Di
         "phase_val_accuracy": history.get("final_accuracy"),
         "class_weighting": history.get("class_weighting"),
         "training_modes": history.get("modes"),
+        # The recipe (trainer.profile, resolved by this machine's GPUs) and each phase's epochs and seconds.
+        "profile": history.get("profile"),
+        "epochs_per_phase": {f"phase{n}": list(history.get("phase") or []).count(n) for n in (1, 2)},
+        "phase_wall_s": history.get("wall_seconds"),
         "cache": history.get("cache"),
         # The check of the training data (label issues, data changes), and the Trainer's training function.
         "label_issues_s": history.get("label_issues_s"),

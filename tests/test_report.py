@@ -196,13 +196,16 @@ def test_summary_lines(run):
     lines = report.summary_lines(data)
     assert lines[0].startswith("ingestion: 80 accepted (") and "1 quarantined" in lines[0]
     assert "after phase 1" in lines[1] and "after phase 2" in lines[1]
-    assert lines[2] == f"warm start: {data['training']['warm_start']['reason']}"
-    assert lines[2].startswith("warm start: cold start")  # nothing served before this run
+    # The recipe (trainer.profile=auto on this machine, which has no GPU: the CPU recipe) and why.
+    assert lines[2] == "profile: fast (trainer.profile=auto: this machine: 0 GPUs)"
+    assert data["training"]["profile"] == {"setting": "auto", "resolved": "fast", "why": "this machine: 0 GPUs"}
+    assert lines[3] == f"warm start: {data['training']['warm_start']['reason']}"
+    assert lines[3].startswith("warm start: cold start")  # nothing served before this run
     # The check of the training data (nothing served yet: no "data changes" line).
-    assert lines[3].startswith("label issues: ") and f" {data['label_issues']['images']} training images" in lines[3]
+    assert lines[4].startswith("label issues: ") and f" {data['label_issues']['images']} training images" in lines[4]
     assert not any(line.startswith("data changes:") for line in lines)
-    assert lines[4] == f"gate: {data['gate']['decision']}"
-    assert (data["push"]["destination"] in lines[5]) if data["push"]["pushed"] else "nothing pushed" in lines[5]
+    assert lines[5] == f"gate: {data['gate']['decision']}"
+    assert (data["push"]["destination"] in lines[6]) if data["push"]["pushed"] else "nothing pushed" in lines[6]
 
 
 # --- partial runs ----------------------------------------------------------------------------------------------
