@@ -100,6 +100,10 @@ def ensure_sample_data(config: PipelineConfig, progress: Callable[[str], None] =
     return root
 
 
+# How the Trainer's hardware warning starts (components/fine_tune_trainer.py logs "Trainer: " + ProfileChoice.line()).
+PROFILE_WARNING = "Trainer: profile "
+
+
 class _ProgressFilter(logging.Filter):
     """Lets through the lines a user follows a run by: component start/finish (TFX), cache hits, and the
     progress lines our components log (prefixed with their name). TFX's other INFO chatter stays hidden.
@@ -134,7 +138,8 @@ class _ProgressFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.levelno >= logging.WARNING:
-            return "quarantined" in message or record.levelno >= logging.ERROR
+            # The Trainer's warning that it has other hardware than its profile was chosen for is shown too.
+            return "quarantined" in message or message.startswith(PROFILE_WARNING) or record.levelno >= logging.ERROR
         if message.startswith("A cached execution"):
             self._cached = True
             return False

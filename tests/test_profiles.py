@@ -182,3 +182,17 @@ def test_strong_augmentation_crops_and_recolours_in_training_only_and_feeds_the_
     assert float(tf.reduce_min(augmented)) >= 0 and float(tf.reduce_max(augmented)) <= 255
     assert float(tf.reduce_mean(tf.abs(augmented - images))) > 1.0
     assert np.allclose(model(images, training=False), model(images, training=False))  # identity at inference
+
+
+def test_the_hardware_warning_reaches_the_console_where_library_warnings_do_not():
+    import logging
+
+    from pipeline.local_runner import _ProgressFilter
+
+    warning = profiles.hardware_mismatch(profiles.choose("best", CPU), 0)
+
+    def shown(message):
+        return _ProgressFilter().filter(logging.LogRecord("x", logging.WARNING, "", 0, message, None, None))
+
+    assert shown(f"Trainer: {warning}")
+    assert not shown("some library: deprecated")
