@@ -97,10 +97,10 @@ def _existing_file(path: str, source: str) -> str:
 class TrainerConfig:
     """Freeze-then-fine-tune transfer learning (Transform + Trainer)."""
 
-    # The recipe, by the Trainer's hardware (trainer/profiles.py): "fast" (the CPU recipe: these defaults), "best"
-    # (224 px, phase 2 end to end on freshly augmented images, deeper unfreeze, longer, float16 on GPU: ~10x the
-    # time on a CPU), or "auto" = best when the Trainer has a GPU, else fast. A profile sets only the settings
-    # left at their defaults.
+    # The recipe (trainer/profiles.py): "fast" (the CPU recipe: these defaults), "best" (224 px, phase 2 end to end
+    # on freshly augmented images, deeper unfreeze, longer, float16 on GPU: 3-6x the time on a CPU), or "auto" = the
+    # profile for the Trainer's hardware (fast for now with or without a GPU: best measured below fast on
+    # TrashNet). A profile sets only the settings left at their defaults.
     profile: str = "auto"
     # keras.applications base, one of BASE_MODEL_LAYERS: mobilenet_v2, efficientnet_b0, xception or resnet50.
     base_model: str = "mobilenet_v2"
