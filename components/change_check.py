@@ -64,6 +64,10 @@ from trainer.weights_digest import DIGEST_PREFIX, is_digest, weights_identity
 TRAINING_CODE_VERSION = 1
 # The value for records written before TRAINING_CODE_VERSION existed.
 FIRST_TRAINING_CODE_VERSION = 1
+# Settings added after records were first written, with the value every earlier version was trained with: a record
+# without the key is compared as if it named that value, so an upgrade alone does not retrain (issue 33: before
+# trainer.profile every Trainer ran the fast recipe with the basic augmentation).
+SETTINGS_BEFORE_THEY_EXISTED = {"trainer.profile": "fast", "trainer.augmentation": "basic"}
 CODE_VERSION_KEY = "training_code_version"
 # The settings key compared by content, and the record key the Pusher writes its digest under.
 WEIGHTS_KEY = "trainer.weights"
@@ -186,10 +190,13 @@ def current_settings(settings: Mapping[str, Any], overrides: Mapping[str, Any]) 
 
 def recorded_settings(record: Mapping[str, Any]) -> Dict[str, Any]:
     """training_settings of a served version's record (the settings in effect when it was trained), the weights
-    file as the content the change check saw then (a record without it: the file at its path now)."""
+    file as the content the change check saw then (a record without it: the file at its path now), and the
+    values of settings added since that the record's training had without naming them (SETTINGS_BEFORE_THEY_EXISTED)."""
     settings = training_settings(
         record.get("settings") or {}, record.get(CODE_VERSION_KEY) or FIRST_TRAINING_CODE_VERSION
     )
+    for key, value in SETTINGS_BEFORE_THEY_EXISTED.items():
+        settings.setdefault(key, value)
     return with_weights_content(settings, record.get(WEIGHTS_DIGEST_KEY))
 
 

@@ -59,6 +59,15 @@ def test_a_changed_setting_trains_and_names_the_key():
     assert both.reason.startswith("new data: span-2; settings changed: trainer.learning_rate")
 
 
+def test_a_record_from_before_the_training_profile_compares_as_the_fast_profile():
+    old = settings()
+    del old["trainer"]["profile"], old["trainer"]["augmentation"]  # as written before issue 33
+    now = settings(profile="fast")  # what auto resolves to on a CPU
+    assert not decide(now=now, served_record=record(config=old)).changed
+    moved = decide(now=settings(profile="best"), served_record=record(config=old))
+    assert moved.reason.startswith("settings changed: trainer.profile ('fast' -> 'best')"), moved.reason
+
+
 def test_where_things_live_is_not_a_training_setting():
     now = settings()
     now["pipeline_root"] = "/elsewhere"
