@@ -16,7 +16,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Set
 
 import yaml
 
@@ -132,6 +132,12 @@ class PipelineConfig:
     push: PushConfig = dataclasses.field(default_factory=PushConfig)
     kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
 
+    def __post_init__(self) -> None:
+        # Not a setting (no field: not in to_dict, the records or the change check): the dotted keys the config
+        # file and the overrides wrote, filled by load_config. A training profile keeps a value the user wrote even
+        # where it equals the default (`trainer.profile=best` with `trainer.augmentation=basic`: basic).
+        self.written_keys: FrozenSet[str] = frozenset()
+
     # --- derived paths -------------------------------------------------------------------------------------
     @property
     def local_root(self) -> str:
@@ -234,8 +240,10 @@ def _check_finite(config: Any, prefix: str = "") -> None:
 
 
 def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = ()) -> PipelineConfig:
-    """Defaults, then a YAML/JSON file, then `key=value` overrides (in that order of precedence)."""
+    """Defaults, then a YAML/JSON file, then `key=value` overrides (in that order of precedence). The keys the
+    file and the overrides wrote are in `written_keys`."""
     config = PipelineConfig()
+    written: Set[str] = set()
     if config_file:
         try:
             with open(config_file) as f:
@@ -246,12 +254,14 @@ def load_config(config_file: Optional[str] = None, overrides: Iterable[str] = ()
             raise ConfigError(f"config file {config_file} is not valid YAML/JSON: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {config_file} must hold a mapping at the top level")
-        _merge(config, raw, prefix="", source=config_file)
+        _merge(config, raw, prefix="", source=config_file, written=written)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         set_value(config, key.strip(), value.strip())
+        written.add(key.strip())
+    config.written_keys = frozenset(written)
     return config.validate()
 
 
@@ -304,7 +314,7 @@ def _parse(field: dataclasses.Field, text: str, key: str) -> Any:
         raise ConfigError(f"config value for {key} must be of type {kind}, got {text!r}") from exc
 
 
-def _merge(obj: Any, raw: Dict[str, Any], prefix: str, source: str) -> None:
+def _merge(obj: Any, raw: Dict[str, Any], prefix: str, source: str, written: Set[str]) -> None:
     for name, value in raw.items():
         key = f"{prefix}{name}"
         field = _field(obj, name, key)
@@ -312,11 +322,13 @@ def _merge(obj: Any, raw: Dict[str, Any], prefix: str, source: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {key} must be a mapping")
-            _merge(current, value, prefix=f"{key}.", source=source)
-        elif isinstance(value, (list, dict)):
+            _merge(current, value, prefix=f"{key}.", source=source, written=written)
+            continue
+        if isinstance(value, (list, dict)):
             set_value_raw(obj, field, value, key)
         else:
             setattr(obj, field.name, _parse(field, str(value), key))
+        written.add(key)
 
 
 def set_value_raw(obj: Any, field: dataclasses.Field, value: Any, key: str) -> None:

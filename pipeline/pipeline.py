@@ -129,8 +129,11 @@ def resolve_profile(
     """A copy of `config` whose trainer settings are those of the profile `trainer.profile` resolves to on the
     Trainer's `hardware` (None: no GPU), and that choice."""
     hardware = hardware or profiles.Hardware(0, "no GPU given to the pipeline")
-    trainer_config, choice = profiles.resolve(config.trainer, hardware)
-    return dataclasses.replace(config, trainer=trainer_config), choice
+    written = {key.split(".", 1)[1] for key in config.written_keys if key.startswith("trainer.")}
+    trainer_config, choice = profiles.resolve(config.trainer, hardware, written)
+    resolved = dataclasses.replace(config, trainer=trainer_config)
+    resolved.written_keys = config.written_keys
+    return resolved, choice
 
 
 def _weights_digest_config(weights_digest: str) -> dict:

@@ -65,6 +65,25 @@ def test_best_sets_the_gpu_recipe_only_where_the_user_left_the_default():
     assert profiles.resolve(cfg, CPU)[0] == cfg
 
 
+def test_a_value_the_user_wrote_is_kept_even_where_it_is_the_default(tmp_path):
+    # Found by benchmarking `trainer.profile=best` with `--set trainer.augmentation=basic`: the run trained with
+    # strong augmentation, bit for bit the plain best run, because basic is the default.
+    from pipeline.pipeline import resolve_profile
+
+    config_file = tmp_path / "ftune.yaml"
+    config_file.write_text("trainer:\n  profile: best\n  image_size: 160\n")
+    config = load_config(str(config_file), ["trainer.augmentation=basic", "trainer.phase2_epochs=12"])
+    assert {"trainer.profile", "trainer.image_size", "trainer.augmentation"} <= config.written_keys
+    resolved, choice = resolve_profile(config, ONE_GPU)
+    assert choice.resolved == "best"
+    t = resolved.trainer
+    assert (t.image_size, t.augmentation, t.phase2_epochs) == (160, "basic", 12)  # written: kept, defaults or not
+    assert t.phase2_mode == "end_to_end" and t.fine_tune_layer() == 54  # not written: the profile's
+    assert resolved.written_keys == config.written_keys  # resolving again keeps them
+    # Not a setting: not in what the records and the change check compare.
+    assert "written_keys" not in resolved.to_dict()
+
+
 def test_a_profile_that_does_not_exist_is_a_settings_error():
     with pytest.raises(ConfigError, match="trainer.profile must be one of auto, fast, best; got 'gpu'"):
         load_config(None, ["trainer.profile=gpu"])

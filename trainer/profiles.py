@@ -20,14 +20,15 @@ resizes the images to the profile's size before the Trainer starts. The resolved
 hold from then on (so the change check compares `fast` with `fast`, whatever was written), and the choice with
 its reason travels to the Trainer, which logs it and writes it into the training history and the version's record.
 
-A profile sets only the trainer settings still at their defaults: a value the user set (say
-`trainer.image_size=192` with `trainer.profile=best`) is kept.
+A profile sets only the trainer settings the user did not set: a value written in the config file or with --set
+(say `trainer.image_size=192`, or `trainer.augmentation=basic` although basic is the default, with
+`trainer.profile=best`) is kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import AbstractSet, Any, Dict, Optional, Tuple
 
 from trainer.settings import PROFILE_SETTINGS, TrainerConfig
 
@@ -91,20 +92,26 @@ def choose(setting: str, hardware: Hardware) -> ProfileChoice:
     return ProfileChoice(setting, setting, f"as set ({hardware.source}: {gpus})")
 
 
-def apply(cfg: TrainerConfig, choice: ProfileChoice) -> TrainerConfig:
-    """A copy of `cfg` with profile = the resolved one and the profile's recipe in every field still at its
-    default (fields the user set keep their values)."""
+def apply(cfg: TrainerConfig, choice: ProfileChoice, written: AbstractSet[str] = frozenset()) -> TrainerConfig:
+    """A copy of `cfg` with profile = the resolved one and the profile's recipe in every field the user did not
+    set: a field named in `written` (the trainer settings the config file and --set wrote, even to the default
+    value) or holding another value than its default keeps its value."""
     defaults = TrainerConfig()
     changes = {
-        name: value for name, value in RECIPES[choice.resolved].items() if getattr(cfg, name) == getattr(defaults, name)
+        name: value
+        for name, value in RECIPES[choice.resolved].items()
+        if name not in written and getattr(cfg, name) == getattr(defaults, name)
     }
     return dataclasses.replace(cfg, profile=choice.resolved, **changes)
 
 
-def resolve(cfg: TrainerConfig, hardware: Hardware) -> Tuple[TrainerConfig, ProfileChoice]:
-    """(the TrainerConfig the pipeline runs, the ProfileChoice): `apply(cfg, choose(cfg.profile, hardware))`."""
+def resolve(
+    cfg: TrainerConfig, hardware: Hardware, written: AbstractSet[str] = frozenset()
+) -> Tuple[TrainerConfig, ProfileChoice]:
+    """(the TrainerConfig the pipeline runs, the ProfileChoice): `apply(cfg, choose(cfg.profile, hardware),
+    written)`."""
     choice = choose(cfg.profile, hardware)
-    return apply(cfg, choice), choice
+    return apply(cfg, choice, written), choice
 
 
 def local_hardware() -> Hardware:
