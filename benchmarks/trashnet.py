@@ -56,9 +56,10 @@ def make_split(data: str, target: str) -> Dict[str, Dict[str, int]]:
     return counts
 
 
-def run_seed(args, data_dir: str, work: str, seed: int, default_seed: int) -> Dict[str, Any]:
+def run_seed(args, settings: List[str], data_dir: str, work: str, seed: int, default_seed: int) -> Dict[str, Any]:
+    """One pipeline run with `settings` (--set items) and `seed`, under `work`; its metrics, times and memory."""
     root = os.path.join(work, f"seed{seed}", "pipeline_root")
-    overrides = list(args.overrides) + ([f"trainer.seed={seed}"] if seed != default_seed else [])
+    overrides = list(settings) + ([f"trainer.seed={seed}"] if seed != default_seed else [])
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", data_dir, "--pipeline-root", root]
     cmd += ["--weights", args.weights]
     for item in overrides:
@@ -127,6 +128,14 @@ def main() -> None:
     parser.add_argument("--work-dir", help="split folder, pipeline roots and logs (default: a new temporary folder)")
     parser.add_argument("--seeds", type=int, nargs="+", help="trainer seeds, one pipeline run each (default: 42)")
     add_settings_option(parser)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a second recipe (these settings, repeatable; e.g. the previous defaults) run right after each seed's "
+        "run in the same invocation: its results under 'compared', and the wall-time ratio",
+    )
     args = parser.parse_args()
     for path in (args.data, args.weights):
         if not os.path.exists(path):
@@ -141,13 +150,22 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     data_dir = os.path.join(work, "data")
     counts = make_split(args.data, data_dir)
-    runs = [run_seed(args, data_dir, work, seed, default_seed) for seed in seeds]
+    runs, compared = [], []
+    for seed in seeds:  # the two recipes alternate seed by seed, so that both see the same machine load
+        runs.append(run_seed(args, args.overrides, data_dir, work, seed, default_seed))
+        if args.compare:
+            compared_work = os.path.join(work, "compared")
+            compared.append(run_seed(args, args.overrides + args.compare, data_dir, compared_work, seed, default_seed))
     result = {
         "summary": summary(runs),
         "targets": TARGETS,
         "runs": runs,
         "split": {"rule": f"sha256(class/file) mod 100 < {EVAL_PERCENT} -> validation", "counts": counts},
     }
+    if compared:
+        result["compared"] = {"settings": args.compare, "summary": summary(compared), "runs": compared}
+        wall_ratio = result["summary"]["wall_s"]["mean"] / result["compared"]["summary"]["wall_s"]["mean"]
+        result["wall_ratio_to_compared"] = round(wall_ratio, 3)
     write_results(args.output, result, args.overrides, data=args.data, weights=args.weights, work_dir=work)
     print(json.dumps(result["summary"], indent=2))
 
