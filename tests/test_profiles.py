@@ -76,6 +76,10 @@ def test_a_value_the_user_wrote_is_kept_even_where_it_is_the_default(tmp_path):
     assert {"trainer.profile", "trainer.image_size", "trainer.augmentation"} <= config.written_keys
     resolved, choice = resolve_profile(config, ONE_GPU)
     assert choice.resolved == "best"
+    # Said where the choice is logged and recorded (a file copied whole from `ftune config` writes every key).
+    assert choice.why.endswith(
+        "set by the user over the profile: image_size=160, phase2_epochs=12, augmentation='basic'"
+    )
     t = resolved.trainer
     assert (t.image_size, t.augmentation, t.phase2_epochs) == (160, "basic", 12)  # written: kept, defaults or not
     assert t.phase2_mode == "end_to_end" and t.fine_tune_layer() == 54  # not written: the profile's

@@ -111,7 +111,15 @@ def resolve(
     """(the TrainerConfig the pipeline runs, the ProfileChoice): `apply(cfg, choose(cfg.profile, hardware),
     written)`."""
     choice = choose(cfg.profile, hardware)
-    return apply(cfg, choice, written), choice
+    resolved = apply(cfg, choice, written)
+    kept = [
+        f"{name}={getattr(resolved, name)!r}"
+        for name, value in RECIPES[choice.resolved].items()
+        if getattr(resolved, name) != value
+    ]
+    if kept:  # said in the Trainer's log and the record, e.g. a config file copied whole from `ftune config`
+        choice = dataclasses.replace(choice, why=f"{choice.why}; set by the user over the profile: {', '.join(kept)}")
+    return resolved, choice
 
 
 def local_hardware() -> Hardware:
