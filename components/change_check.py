@@ -67,7 +67,11 @@ FIRST_TRAINING_CODE_VERSION = 1
 # Settings added after records were first written, with the value every earlier version was trained with: a record
 # without the key is compared as if it named that value, so an upgrade alone does not retrain (issue 33: before
 # trainer.profile every Trainer ran the fast recipe with the basic augmentation).
-SETTINGS_BEFORE_THEY_EXISTED = {"trainer.profile": "fast", "trainer.augmentation": "basic"}
+SETTINGS_BEFORE_THEY_EXISTED = {
+    "trainer.profile": "fast",
+    "trainer.augmentation": "basic",
+    "trainer.warm_fine_tune_lr_factor": 0.1,
+}
 CODE_VERSION_KEY = "training_code_version"
 # The settings key compared by content, and the record key the Pusher writes its digest under.
 WEIGHTS_KEY = "trainer.weights"

@@ -68,6 +68,16 @@ def test_a_record_from_before_the_training_profile_compares_as_the_fast_profile(
     assert moved.reason.startswith("settings changed: trainer.profile ('fast' -> 'best')"), moved.reason
 
 
+def test_a_record_from_before_the_warm_start_rate_compares_as_the_rate_it_warm_started_with():
+    old = settings()
+    del old["trainer"]["warm_fine_tune_lr_factor"]  # as written before it existed: warm starts ran at 0.1
+    assert not decide(now=settings(), served_record=record(config=old)).changed
+    # The cold-start rate's default moved from 0.1 to 0.3 (issue 33): a version trained at 0.1 is retrained once.
+    old["trainer"]["fine_tune_lr_factor"] = 0.1
+    moved = decide(now=settings(), served_record=record(config=old))
+    assert moved.reason == "settings changed: trainer.fine_tune_lr_factor (0.1 -> 0.3)", moved.reason
+
+
 def test_where_things_live_is_not_a_training_setting():
     now = settings()
     now["pipeline_root"] = "/elsewhere"

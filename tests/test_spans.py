@@ -208,6 +208,8 @@ def test_warm_start_copies_the_served_weights_when_labels_base_and_size_match(tm
         np.testing.assert_array_equal(a, b)
     warm = warm_start.warm_config(cfg)
     assert (warm.phase1_epochs, warm.phase2_epochs) == (1, 0)
+    # A warm start nudges the served model's fine-tuned layers at its own rate, not the cold start's.
+    assert (cfg.fine_tune_lr_factor, warm.fine_tune_lr_factor) == (0.3, 0.1)
 
     bigger = TrainerConfig(weights="none", image_size=64)
     reason, _ = warm_start.cold_reason(bigger, ["a", "b", "c"], 4, ["a", "b", "c"], path)

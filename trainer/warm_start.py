@@ -4,7 +4,7 @@ Vertex AutoML calls this "train from the previous model". It is only sound when 
 shape and meaning as the served one: the same label vocabulary (same classes in the same label-id order), the same
 `keras.applications` base and the same image size. Then the served model's base (ImageNet weights plus the layers
 it fine-tuned) and its head are copied into the freshly built model, and training runs the shorter
-`warm_phase1_epochs` / `warm_phase2_epochs`. In every other case training starts cold and the reason says why.
+`warm_phase1_epochs` / `warm_phase2_epochs` at `warm_fine_tune_lr_factor`. In every other case training starts cold and the reason says why.
 
 The served model's Keras form is the Keras copy the Trainer writes into the SavedModel's `assets.extra/`
 (serving/sidecars.py `keras_model_path`): TF Serving ignores that folder, and the SavedModel's traced functions
@@ -79,8 +79,13 @@ def copy_weights(served: keras.Model, model: keras.Model) -> None:
 
 
 def warm_config(cfg: TrainerConfig) -> TrainerConfig:
-    """The settings a warm-started run trains with: its own (shorter) epoch counts."""
-    return dataclasses.replace(cfg, phase1_epochs=cfg.warm_phase1_epochs, phase2_epochs=cfg.warm_phase2_epochs)
+    """The settings a warm-started run trains with: its own (shorter) epoch counts and phase-2 learning-rate share."""
+    return dataclasses.replace(
+        cfg,
+        phase1_epochs=cfg.warm_phase1_epochs,
+        phase2_epochs=cfg.warm_phase2_epochs,
+        fine_tune_lr_factor=cfg.warm_fine_tune_lr_factor,
+    )
 
 
 def describe(served_version: Optional[int], reason: Optional[str]) -> Dict[str, Any]:
