@@ -4,7 +4,8 @@ Vertex AutoML calls this "train from the previous model". It is only sound when 
 shape and meaning as the served one: the same label vocabulary (same classes in the same label-id order), the same
 `keras.applications` base and the same image size. Then the served model's base (ImageNet weights plus the layers
 it fine-tuned) and its head are copied into the freshly built model, and training runs the shorter
-`warm_phase1_epochs` / `warm_phase2_epochs` at `warm_fine_tune_lr_factor`. In every other case training starts cold and the reason says why.
+`warm_phase1_epochs` / `warm_phase2_epochs` at `warm_fine_tune_lr_factor`. In every other case training starts
+cold and the reason says why.
 
 The served model's Keras form is the Keras copy the Trainer writes into the SavedModel's `assets.extra/`
 (serving/sidecars.py `keras_model_path`): TF Serving ignores that folder, and the SavedModel's traced functions
