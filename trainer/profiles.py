@@ -9,8 +9,9 @@
 - `auto` (the default): the profile for the Trainer's hardware, `AUTO_WITHOUT_GPU` / `AUTO_WITH_GPU`.
 
 `auto` with a GPU is `fast` for now: measured on TrashNet (seed 42, one invocation, docs/benchmarks.md, "Training
-profiles"), `best` reached 0.863 accuracy against `fast`'s 0.896, and neither a 10x lower fine-tuning rate (0.867)
-nor the default unfreeze depth (0.873) closed the gap. A GPU would compute the same numbers faster, so sending GPU
+profiles"), `best` reached 0.863 accuracy against `fast`'s 0.896 (0.913 since fast's phase-2 rate went to 0.3), and
+neither the basic augmentation (0.878), a 10x lower fine-tuning rate (0.867) nor the default unfreeze depth (0.873)
+closed the gap. A GPU would compute the same numbers faster, so sending GPU
 Trainers to `best` would train worse models on the hardware users pay for. `best` stays available by name; when a
 GPU recipe measures better, AUTO_WITH_GPU is the one line to change.
 
