@@ -155,6 +155,7 @@ def main() -> None:
         runs.append(run_seed(args, args.overrides, data_dir, work, seed, default_seed))
         if args.compare:
             compared_work = os.path.join(work, "compared")
+            os.makedirs(compared_work, exist_ok=True)
             compared.append(run_seed(args, args.overrides + args.compare, data_dir, compared_work, seed, default_seed))
     result = {
         "summary": summary(runs),
