@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from pipeline import object_stores
 from pipeline.configs import PipelineConfig
+from pipeline.scratch import run_scratch
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         object_stores.register_filesystems([object_stores.S3])
     watch = object_stores.BucketWatch(object_stores.buckets_named(argv[1:]), PipelineConfig().object_store_timeout_s)
     try:
-        with watch:
+        with watch, run_scratch():  # TFX's temporary files go into a folder removed at the end (pipeline/scratch.py)
             # TFX's own flags parser (the executor class, the invocation JSON, Beam's args after them).
             app.run(tfx_entrypoint.main, argv=argv, flags_parser=tfx_entrypoint._parse_flags)
     except SystemExit as exc:

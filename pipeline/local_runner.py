@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Sequence
 from pipeline import object_stores, outcome
 from pipeline.configs import LOCAL_BEAM_ARGS, PipelineConfig
 from pipeline.outcome import CommandError
+from pipeline.scratch import run_scratch
 from serving import sidecars
 from trainer.weights_digest import weights_identity
 
@@ -455,7 +456,7 @@ def run_local(
     component is skipped (the CLI reads the decision from MLMD: reporting/run_records.change_decision). `force`
     trains anyway and turns MLMD's cache off, so every component executes again."""
     config.validate().absolute_paths()
-    with pipeline_lock(config.local_root):
+    with pipeline_lock(config.local_root), run_scratch():
         return _run_local_locked(config, stop_after, progress, force)
 
 

@@ -149,7 +149,13 @@ SMALL_RUN_SETTINGS = [
 
 
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory):
+def small_run_tmpdir(tmp_path_factory):
+    """The system temporary folder (TMPDIR) of the shared small run's process, to see what the run leaves there."""
+    return tmp_path_factory.mktemp("small_run_tmpdir")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, small_run_tmpdir):
     """(config, completed `ftune run --json` process, its JSON summary) of the shared small run."""
     import json
     import subprocess
@@ -165,7 +171,8 @@ def small_run(tmp_path_factory):
     with open(os.path.join(data_root, first_class, SMALL_RUN_BAD_FILE), "wb") as f:
         f.write(b"plain text, not an image")
     cmd = ftune_run_command(root, SMALL_RUN_SETTINGS, "--json")
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "TMPDIR": str(small_run_tmpdir)}
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return config, result, json.loads(result.stdout)
 
