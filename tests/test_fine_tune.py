@@ -520,7 +520,7 @@ def test_phase1_without_epochs_goes_straight_to_fine_tuning():
     assert history["phase"] == [2, 2] and history["phase2_start_epoch"] == 0
     # Phase 1 is recorded with its mode but trained nothing; phase 2 ran on the cached prefix at lr2.
     assert history["modes"] == {"phase1": "cached_features", "phase2": "cached_prefix"}
-    assert history["optimizer_learning_rates"] == pytest.approx({"phase2": 1e-4})
+    assert history["optimizer_learning_rates"] == pytest.approx({"phase2": 1e-3 * 0.3})  # the defaults' lr2
     assert history["cache"]["bytes"].keys() == {"train_prefix", "eval_prefix", "total"}  # nothing pooled to cache
     # The full model ends compiled (at lr2) although only the sub-model above the cut was fitted.
     assert "accuracy" in model.evaluate(_dataset(*_random_data(8, 32, seed=3)), verbose=0, return_dict=True)
